@@ -1,1 +1,42 @@
-"""peft-hyper."""
+"""peft-hyper: Frames2LoRA for PEFT — turn a video into a LoRA adapter for a frozen video-language model.
+
+Importing this package registers the "HYPERLORA" PEFT type, so that `get_peft_model`, `PeftModel.from_pretrained`
+and `AutoPeftModel.from_pretrained` handle `HyperLoraConfig` checkpoints.
+"""
+
+from peft.utils import register_peft_method
+
+from .config import HyperLoraConfig
+from .errors import (
+    EmptyVideoError,
+    IncompatibleBaseModelError,
+    InvalidAdapterNameError,
+    InvalidFramesError,
+    MissingProcessorError,
+    NonFiniteAdapterError,
+    PeftHyperError,
+    VideoDecodeError,
+    VideoNotFoundError,
+)
+from .model import HyperLoraModel
+from .video import Video, load_video
+
+__version__ = "0.1.0.dev0"
+
+register_peft_method(name="hyperlora", config_cls=HyperLoraConfig, model_cls=HyperLoraModel, prefix="hypernetworks")
+
+__all__ = [
+    "EmptyVideoError",
+    "HyperLoraConfig",
+    "HyperLoraModel",
+    "IncompatibleBaseModelError",
+    "InvalidAdapterNameError",
+    "InvalidFramesError",
+    "MissingProcessorError",
+    "NonFiniteAdapterError",
+    "PeftHyperError",
+    "Video",
+    "VideoDecodeError",
+    "VideoNotFoundError",
+    "load_video",
+]

@@ -1,0 +1,145 @@
+"""`HyperLoraConfig`: the configuration of a Frames2LoRA hypernetwork as a PEFT method."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft.config import PeftConfig
+
+from .registration import PEFT_TYPE_HYPERLORA
+
+DEFAULT_TARGET_MODULES = r".*text_model\.layers\.\d+\.mlp\.down_proj"
+DEFAULT_INTERNALIZE_PROMPT = "Internalize this video for later captioning."
+
+
+@dataclass
+class HyperLoraConfig(PeftConfig):
+    """
+    Configuration of a [`HyperLoraModel`]: a perceiver hypernetwork that reads a frozen SmolVLM's text-decoder hidden
+    states over a video and emits a LoRA adapter for that same decoder in one forward pass (Frames2LoRA).
+
+    Defaults follow the reference implementation (rank 16 on the text decoder's `down_proj`, latent size 512, 8 latent
+    queries, 9 cross-attention blocks, 12 frames at 384px), except where `docs/design.md` says otherwise.
+    """
+
+    r: int = field(default=16, metadata={"help": "Rank of the video-dependent part of each generated LoRA adapter."})
+    target_modules: str | list[str] = field(
+        default=DEFAULT_TARGET_MODULES,
+        metadata={
+            "help": (
+                "Text-decoder linear layers that receive a generated adapter. A string is a regex that must fully match "
+                "the module name (as in PEFT); a list holds module names or name suffixes (e.g. ['down_proj']). Either "
+                "way only modules inside the text decoder layers (`text_model.layers.<i>.`) may match: the vision tower "
+                "has `q_proj/k_proj/v_proj` too, and a target outside the decoder raises an error."
+            )
+        },
+    )
+    bias_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Rank of the input-independent 'bias LoRA' block appended to every generated adapter (learned A and B, "
+                "B initialised to zero). `None` uses `r`; `0` disables the block. Exported adapters have rank "
+                "`r + bias_rank`."
+            )
+        },
+    )
+    latent_dim: int = field(default=512, metadata={"help": "Width of the perceiver latents."})
+    num_latents: int = field(default=8, metadata={"help": "Number of learned latent queries of the perceiver."})
+    num_blocks: int = field(default=9, metadata={"help": "Number of perceiver cross-attention blocks."})
+    num_heads: int = field(default=8, metadata={"help": "Attention heads in each perceiver block."})
+    head_dim: int = field(default=64, metadata={"help": "Width of each perceiver attention head."})
+    ff_mult: int = field(default=4, metadata={"help": "Hidden width of the perceiver feed-forward, in `latent_dim`s."})
+    latent_self_attention: bool = field(
+        default=False,
+        metadata={"help": "Add a latent self-attention layer to every block (the reference has none)."},
+    )
+    position_encoding: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "Add a sinusoidal encoding of each token's normalised position (0 at the first, 1 at the last valid "
+                "token) to the perceiver context. Needed for temporal questions and for generalising across frame "
+                "counts; the reference has none."
+            )
+        },
+    )
+    init_scale_a: float = field(default=1.0, metadata={"help": "Initial value of the learned scale of generated A."})
+    init_scale_b: float = field(
+        default=0.0,
+        metadata={
+            "help": "Initial value of the learned scale of generated B; 0 makes every adapter ΔW = 0 at step 0."
+        },
+    )
+    num_frames: int = field(default=12, metadata={"help": "Frames sampled from a video when a call gives no count."})
+    fps: float | None = field(
+        default=None,
+        metadata={"help": "Sample frames at this rate instead (capped at `num_frames`); `None` samples uniformly."},
+    )
+    video_size: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Longest edge, in pixels, the processor first resizes frames to (before its square resize to the "
+                "model's image size); `None` keeps the processor's own setting."
+            )
+        },
+    )
+    internalize_prompt: str = field(
+        default=DEFAULT_INTERNALIZE_PROMPT,
+        metadata={"help": "The instruction placed after the video in the hypernetwork's forward pass."},
+    )
+    base_model_architecture: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Filled in when the hypernetwork is created: the base model's text-decoder sizes and the shapes of the "
+                "targeted modules. Loading onto a base model that differs raises `IncompatibleBaseModelError`."
+            )
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE_HYPERLORA
+        if self.task_type is not None:
+            raise ValueError(
+                "HyperLoraConfig does not take a task_type: leave it as None so that AutoPeftModel can load the "
+                "checkpoint with the base model class recorded at save time."
+            )
+        if self.bias_rank is None:
+            self.bias_rank = self.r
+        for name in ("r", "latent_dim", "num_latents", "num_blocks", "num_heads", "head_dim", "ff_mult", "num_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"HyperLoraConfig.{name} must be a positive integer, got {value!r}.")
+        if self.bias_rank < 0:
+            raise ValueError(f"HyperLoraConfig.bias_rank must be >= 0, got {self.bias_rank}.")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"HyperLoraConfig.fps must be > 0 or None, got {self.fps}.")
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        # Where this config was loaded from; lets the tuner find the processor saved next to the checkpoint.
+        self._source_path: str | None = None
+        # The processor the tuner uses; saved next to the config. Not a dataclass field, so never serialised.
+        self._processor = None
+
+    @property
+    def total_rank(self) -> int:
+        """Rank of the exported LoRA adapters: the generated block plus the bias block."""
+        return self.r + self.bias_rank
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Save `adapter_config.json` and, when a processor is attached, the processor files beside it."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self._processor is not None:
+            self._processor.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        path = str(pretrained_model_name_or_path)
+        config._source_path = os.path.join(path, subfolder) if subfolder else path
+        return config

@@ -1,0 +1,39 @@
+"""Typed errors raised by peft-hyper. Each message says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class PeftHyperError(Exception):
+    """Base class of every error raised on purpose by peft-hyper."""
+
+
+class VideoNotFoundError(PeftHyperError, FileNotFoundError):
+    """The video path does not exist."""
+
+
+class VideoDecodeError(PeftHyperError, ValueError):
+    """The input is not a decodable video: not a video container, corrupt or truncated."""
+
+
+class EmptyVideoError(VideoDecodeError):
+    """The video decodes but yields zero frames."""
+
+
+class InvalidFramesError(PeftHyperError, ValueError):
+    """Pre-decoded frames have the wrong type, dtype or shape."""
+
+
+class IncompatibleBaseModelError(PeftHyperError, ValueError):
+    """A checkpoint or adapter was made for a base model with another architecture."""
+
+
+class NonFiniteAdapterError(PeftHyperError, FloatingPointError):
+    """A generated or loaded adapter contains NaN or infinite weights."""
+
+
+class InvalidAdapterNameError(PeftHyperError, ValueError):
+    """An adapter name that PEFT cannot hold (collides with a PEFT prefix, reserved, or not a plain identifier)."""
+
+
+class MissingProcessorError(PeftHyperError, RuntimeError):
+    """No processor is attached to the model and none could be found next to the checkpoint or the base model."""

@@ -1,0 +1,117 @@
+"""Stages 2–3 of the data flow: frames → processor inputs (SmolVLMProcessor's chat template with a video entry) →
+the text decoder's per-layer input states from one no-grad forward of the frozen VLM.
+
+States are handed to a callback layer by layer as the forward reaches each layer, so a caller that consumes them at
+once (the hypernetwork does) never holds more than one layer's states, and the forward stops after the last layer
+that is needed (the lm head never runs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BatchFeature, ProcessorMixin
+
+from .video import Video
+
+_DECODER_LAYER = re.compile(r"(?:^|.*\.)text_model\.layers\.(\d+)\.(.+)$")
+
+
+def split_decoder_module_name(name: str) -> tuple[int, str] | None:
+    """`model.text_model.layers.3.mlp.down_proj` → `(3, "mlp.down_proj")`; None outside the text decoder layers."""
+    match = _DECODER_LAYER.fullmatch(name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def text_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The text decoder's layer list (`...text_model.layers`) of a SmolVLM-family model."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and (name == "text_model.layers" or name.endswith(".text_model.layers")):
+            return module
+    raise ValueError(
+        f"{type(model).__name__} has no `text_model.layers`: peft-hyper supports SmolVLM-family models "
+        "(SmolVLMForConditionalGeneration)."
+    )
+
+
+def build_video_inputs(
+    processor: ProcessorMixin,
+    videos: Sequence[Video],
+    prompt: str,
+    video_size: int | None = None,
+    add_generation_prompt: bool = False,
+) -> BatchFeature:
+    """One user turn per video — the video, then `prompt` — formatted and tokenised by the processor.
+
+    Returns `input_ids`/`attention_mask` `(B, S)` and `pixel_values` `(B, T_max, 3, H, W)`.
+    """
+    conversations = [
+        [{"role": "user", "content": [{"type": "video", "video": video.frames}, {"type": "text", "text": prompt}]}]
+        for video in videos
+    ]
+    processor_kwargs: dict[str, Any] = {
+        "video_metadata": [video.metadata for video in videos],
+        "do_sample_frames": False,  # frames were sampled by `load_video`
+        "padding": True,
+    }
+    if video_size is not None:
+        processor_kwargs["size"] = {"longest_edge": video_size}
+    return processor.apply_chat_template(
+        conversations,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs,
+    )
+
+
+class _StopForward(Exception):
+    """Raised inside a forward hook once the last needed layer's input has been seen."""
+
+
+def stream_decoder_layer_inputs(
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    layers: Sequence[int],
+    on_layer: Callable[[int, torch.Tensor], None],
+    grad_in_callback: bool = False,
+) -> None:
+    """Run `model` (no grad) on `inputs` and call `on_layer(l, states)` with the states `(B, S, hidden)` entering
+    decoder layer `l`, for each `l` in `layers` in order. The forward stops after the last of `layers`.
+
+    `grad_in_callback` runs the callback with autograd on (the states themselves never require grad).
+    """
+    decoder_layers = text_decoder_layers(model)
+    wanted = sorted(set(layers))
+    if not wanted:
+        return
+    if wanted[-1] >= len(decoder_layers):
+        raise ValueError(f"Layer {wanted[-1]} requested but the text decoder has {len(decoder_layers)} layers.")
+    body = getattr(model, "model", model)  # skip the lm head: only decoder inputs are needed
+
+    def make_hook(layer_idx: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            states = args[0] if args else kwargs["hidden_states"]
+            with torch.set_grad_enabled(grad_in_callback):
+                on_layer(layer_idx, states.detach())
+            if layer_idx == wanted[-1]:
+                raise _StopForward
+
+        return hook
+
+    handles = [decoder_layers[idx].register_forward_pre_hook(make_hook(idx), with_kwargs=True) for idx in wanted]
+    try:
+        with torch.no_grad():
+            body(**inputs, use_cache=False)
+    except _StopForward:
+        pass
+    else:
+        raise RuntimeError("The forward pass finished without reaching the hooked decoder layers.")
+    finally:
+        for handle in handles:
+            handle.remove()

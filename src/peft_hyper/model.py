@@ -1,0 +1,601 @@
+"""`HyperLoraModel`: Frames2LoRA as a PEFT tuner.
+
+The tuner holds one hypernetwork per hypernetwork adapter (`self.hypernetworks[name]`, saved by PEFT like any adapter
+weights) and an internal PEFT `LoraModel` over the same base model (as X-LoRA does) that holds the LoRA adapters the
+hypernetwork generates. LoRA math, loading, hotswap and mixed-adapter batches are PEFT's.
+
+Data flow (one module per stage): video → frames (`video.py`) → processor inputs and per-layer decoder states
+(`hidden_states.py`) → perceiver latents → LoRA factors (`perceiver.py`, `hypernetwork.py`) → PEFT LoRA state dict
+(`lora.py`) → loaded into the internal `LoraModel` (here).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from peft import LoraConfig, LoraModel
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.hotswap import hotswap_adapter_from_state_dict
+from peft.utils.save_and_load import _insert_adapter_name_into_state_dict, set_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import HyperLoraConfig
+from .errors import (
+    IncompatibleBaseModelError,
+    InvalidAdapterNameError,
+    MissingProcessorError,
+)
+from .hidden_states import build_video_inputs, split_decoder_module_name, stream_decoder_layer_inputs
+from .hypernetwork import HyperNetwork, LoraTarget
+from .lora import PEFT_MODEL_PREFIX, build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
+from .video import Video, VideoInput, load_video
+
+LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+_MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
+_RESERVED_SUBSTRINGS = ("lora_", "hypernetworks", "base_layer")
+
+
+def find_lora_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[LoraTarget]:
+    """The text-decoder linear layers of `model` selected by `target_modules` (PEFT matching rules: a string is a
+    full-match regex, a list holds names or `.`-suffixes). Raises if a selected module is outside the decoder layers."""
+    targets, outside = [], []
+    for name, module in model.named_modules():
+        if ".base_layer" in name or ".lora_" in name:
+            continue  # inside a PEFT layer
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        if not isinstance(base, nn.Linear):
+            continue
+        if isinstance(target_modules, str):
+            selected = re.fullmatch(target_modules, name) is not None
+        else:
+            selected = any(name == t or name.endswith(f".{t}") for t in target_modules)
+        if not selected:
+            continue
+        location = split_decoder_module_name(name)
+        if location is None:
+            outside.append(name)
+            continue
+        targets.append(LoraTarget(name, location[0], location[1], base.in_features, base.out_features))
+    if outside:
+        raise ValueError(
+            f"target_modules {target_modules!r} selects modules outside the text decoder layers, e.g. {outside[:3]}. "
+            "Generated adapters can only target `text_model.layers.<i>.*` linear layers; use a regex such as "
+            r"'.*text_model\.layers\.\d+\.mlp\.down_proj'."
+        )
+    if not targets:
+        raise ValueError(
+            f"target_modules {target_modules!r} matches no linear layer of the text decoder of "
+            f"{type(model).__name__}. Check the module names with `model.named_modules()`."
+        )
+    return targets
+
+
+def describe_base_model(model: nn.Module, targets: Sequence[LoraTarget]) -> dict[str, Any]:
+    """A JSON-serialisable fingerprint of the base model parts a hypernetwork depends on."""
+    text_config = model.config.get_text_config()
+    kinds: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        entry = kinds.setdefault(target.kind, {"in": target.in_features, "out": target.out_features, "layers": []})
+        entry["layers"].append(target.layer_idx)
+    return {
+        "model_type": model.config.model_type,
+        "text_hidden_size": text_config.hidden_size,
+        "text_num_hidden_layers": text_config.num_hidden_layers,
+        "vocab_size": text_config.vocab_size,
+        "targets": {kind: {**entry, "layers": sorted(entry["layers"])} for kind, entry in sorted(kinds.items())},
+    }
+
+
+class HyperLoraModel(BaseTuner):
+    """
+    Creates a Frames2LoRA model from a SmolVLM-family model: a hypernetwork that turns a video into a LoRA adapter for
+    the frozen base model in one forward pass.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): the (frozen) video-language model, e.g.
+            `SmolVLMForConditionalGeneration`.
+        config ([`HyperLoraConfig`]): the hypernetwork configuration.
+        adapter_name (`str`): the name of the hypernetwork adapter, `"default"` by default.
+
+    Example:
+        ```py
+        >>> import peft_hyper
+        >>> from peft import get_peft_model
+        >>> model = get_peft_model(vlm, peft_hyper.HyperLoraConfig())
+        >>> model.internalize("clip.mp4", adapter_name="clip")  # generate, load and activate
+        >>> model.generate(**processor(text=["User: What happens?<end_of_utterance>\\nAssistant:"], return_tensors="pt"))
+        ```
+    """
+
+    prefix: str = "hypernetworks"
+    tuner_layer_cls = LoraLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    # Defaults that exist before `nn.Module.__init__` runs (BaseTuner calls `inject_adapter` from its __init__).
+    _lora_model: LoraModel | None = None
+    _processor: Any = None
+    active_hypernetwork: str | None = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: HyperLoraConfig | dict[str, HyperLoraConfig],
+        adapter_name: str = "default",
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        self.model.requires_grad_(False)
+        if self._processor is None:
+            self._processor = self._find_processor(local_only=True)
+            self._attach_processor_to_configs()
+
+    # ------------------------------------------------------------------ PEFT tuner interface
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Create the hypernetwork `adapter_name` for `model` (nothing is injected into the base model yet)."""
+        config = self.peft_config[adapter_name]
+        if not isinstance(config, HyperLoraConfig):
+            raise TypeError(f"HyperLoraModel adapters need a HyperLoraConfig, got {type(config).__name__}.")
+        self._check_adapter_name(adapter_name, allow_existing=True)
+        targets = find_lora_targets(model, config.target_modules)
+        architecture = describe_base_model(model, targets)
+        if config.base_model_architecture is None:
+            config.base_model_architecture = architecture
+        elif config.base_model_architecture != architecture:
+            raise IncompatibleBaseModelError(_architecture_mismatch(config.base_model_architecture, architecture))
+        text_config = model.config.get_text_config()
+        hypernetwork = HyperNetwork(config, text_config.hidden_size, text_config.num_hidden_layers, targets)
+        param = next(model.parameters(), None)
+        if param is not None and param.device.type != "meta":
+            hypernetwork.to(param.device)
+        if "hypernetworks" not in self._modules:
+            self.hypernetworks = nn.ModuleDict()
+        self.hypernetworks[adapter_name] = hypernetwork
+        self.targeted_module_names = [t.name for t in targets]
+        if self.active_hypernetwork is None:
+            self.active_hypernetwork = adapter_name
+
+    def _prepare_adapter_config(self, peft_config: HyperLoraConfig, model_config: dict) -> HyperLoraConfig:
+        return peft_config
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: HyperLoraConfig, key: str) -> bool:
+        if isinstance(peft_config.target_modules, str):
+            return re.fullmatch(peft_config.target_modules, key) is not None
+        return any(key == t or key.endswith(f".{t}") for t in peft_config.target_modules)
+
+    def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("HyperLoraModel injects no layers of its own; generated adapters are PEFT LoRA.")
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        model.requires_grad_(False)  # the VLM and every generated LoRA adapter stay frozen
+
+    def _check_new_adapter_config(self, config: HyperLoraConfig) -> None:
+        if not isinstance(config, HyperLoraConfig):
+            raise TypeError("A HyperLoraModel only takes HyperLoraConfig adapters.")
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        return  # hypernetworks are created in float32 and stay there
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        for name in names:
+            if name in self.hypernetworks:
+                self.hypernetworks[name].requires_grad_(requires_grad)
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """Only the hypernetwork's weights are saved; generated LoRA adapters are saved with `save_adapter`."""
+        marker = f"hypernetworks.{adapter_name}."
+        return {key: value for key, value in state_dict.items() if marker in key}
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        return key.replace(f"hypernetworks.{adapter_name}.", "hypernetworks.", 1)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        return {key.replace("hypernetworks.", f"hypernetworks.{adapter_name}.", 1): v for key, v in state_dict.items()}
+
+    # ------------------------------------------------------------------ adapters: activation and bookkeeping
+    @property
+    def hypernetwork(self) -> HyperNetwork:
+        """The active hypernetwork."""
+        return self.hypernetworks[self.active_hypernetwork]
+
+    @property
+    def hyper_config(self) -> HyperLoraConfig:
+        """The config of the active hypernetwork."""
+        return self.peft_config[self.active_hypernetwork]
+
+    @property
+    def lora_config(self) -> LoraConfig:
+        """The `peft.LoraConfig` that the adapters of the active hypernetwork belong to."""
+        config = self.hyper_config
+        targets = config.target_modules
+        if not isinstance(targets, str):
+            targets = sorted(t.name for t in self.hypernetwork.targets)  # exact names: never hit other modules
+        return build_lora_config(config.total_rank, targets, config.base_model_name_or_path)
+
+    @property
+    def generated_adapters(self) -> list[str]:
+        """Names of the generated LoRA adapters resident in the model."""
+        return [] if self._lora_model is None else list(self._lora_model.peft_config)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Activate a hypernetwork (then no generated adapter is applied) or one or more generated adapters."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if len(names) == 1 and names[0] in self.hypernetworks:
+            self.active_hypernetwork = names[0]
+            self.active_adapter = names[0]
+            self._enable_generated_adapters(False)
+            return
+        missing = [name for name in names if name not in self.generated_adapters]
+        if missing:
+            raise ValueError(
+                f"Unknown adapter(s) {missing}. Hypernetworks: {list(self.hypernetworks)}; generated adapters: "
+                f"{self.generated_adapters}. Create one with `model.internalize(video, adapter_name=...)`."
+            )
+        self._lora_model.set_adapter(names, inference_mode=True)
+        self._enable_generated_adapters(True)
+        self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove a generated adapter (or a hypernetwork that is not the only one)."""
+        if adapter_name in self.hypernetworks:
+            if len(self.hypernetworks) == 1:
+                raise ValueError("Cannot delete the only hypernetwork of a HyperLoraModel.")
+            del self.hypernetworks[adapter_name]
+            del self.peft_config[adapter_name]
+            if self.active_hypernetwork == adapter_name:
+                self.set_adapter(next(iter(self.hypernetworks)))
+            return
+        if adapter_name not in self.generated_adapters:
+            raise ValueError(f"No adapter named '{adapter_name}'.")
+        self._lora_model.delete_adapter(adapter_name)
+        del self.peft_config[adapter_name]
+        if adapter_name in self._as_list(self.active_adapter):
+            self.set_adapter(self.active_hypernetwork)
+
+    def enable_adapter_layers(self) -> None:
+        if self._lora_model is not None and self.active_adapter not in self.hypernetworks:
+            self._enable_generated_adapters(True)
+
+    def disable_adapter_layers(self) -> None:
+        self._enable_generated_adapters(False)
+
+    @staticmethod
+    def _as_list(names: str | list[str]) -> list[str]:
+        return [names] if isinstance(names, str) else list(names)
+
+    def _enable_generated_adapters(self, enabled: bool) -> None:
+        if self._lora_model is None:
+            return
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                module.enable_adapters(enabled)
+        if enabled:  # `enable_adapters(True)` makes the active adapters trainable; generated adapters never are
+            self._lora_model.set_adapter(self._lora_model.active_adapters, inference_mode=True)
+
+    @contextmanager
+    def _generated_adapters_disabled(self) -> Iterator[None]:
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        enabled = [not m.disable_adapters for m in layers]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer, was_enabled in zip(layers, enabled, strict=True):
+                if was_enabled:
+                    layer.enable_adapters(True)
+            if any(enabled):
+                self._lora_model.set_adapter(self._lora_model.active_adapters, inference_mode=True)
+
+    def _check_adapter_name(self, adapter_name: str, allow_existing: bool = False) -> None:
+        if not isinstance(adapter_name, str) or not _ADAPTER_NAME.fullmatch(adapter_name):
+            raise InvalidAdapterNameError(
+                f"Invalid adapter name {adapter_name!r}: use letters, digits, '_' and '-' only, starting with a letter "
+                "or digit (PEFT puts adapter names inside parameter names, so '.' is not allowed)."
+            )
+        clash = [s for s in _RESERVED_SUBSTRINGS if s in adapter_name]
+        if clash:
+            raise InvalidAdapterNameError(
+                f"Adapter name {adapter_name!r} contains {clash[0]!r}, which PEFT uses to find adapter weights in "
+                "parameter names; choose another name."
+            )
+        if not allow_existing and adapter_name in self.hypernetworks:
+            raise InvalidAdapterNameError(
+                f"'{adapter_name}' is the name of a hypernetwork; give the generated adapter another name."
+            )
+
+    # ------------------------------------------------------------------ processor
+    @property
+    def processor(self):
+        """The processor that formats videos and prompts for the base model (a `SmolVLMProcessor`)."""
+        if self._processor is None:
+            self._processor = self._find_processor(local_only=False)
+            self._attach_processor_to_configs()
+        if self._processor is None:
+            raise MissingProcessorError(
+                "No processor is attached and none was found next to the checkpoint or at the base model path "
+                f"({self.hyper_config.base_model_name_or_path!r}). Attach one with "
+                "`model.set_processor(AutoProcessor.from_pretrained(<base model>))`."
+            )
+        return self._processor
+
+    def set_processor(self, processor: Any) -> None:
+        """Attach the processor used for videos and prompts; `save_pretrained` saves it beside the hypernetwork."""
+        self._processor = processor
+        self._attach_processor_to_configs()
+
+    def _attach_processor_to_configs(self) -> None:
+        for config in self.peft_config.values():
+            if isinstance(config, HyperLoraConfig):
+                config._processor = self._processor
+
+    def _find_processor(self, local_only: bool) -> Any:
+        from transformers import AutoProcessor
+
+        config = self.peft_config[self.active_hypernetwork]
+        for source in (config._source_path, config.base_model_name_or_path):
+            if not source:
+                continue
+            if os.path.isdir(source):
+                if not any(
+                    os.path.isfile(os.path.join(source, f))
+                    for f in ("processor_config.json", "preprocessor_config.json")
+                ):
+                    continue
+            elif local_only:
+                continue
+            try:
+                return AutoProcessor.from_pretrained(source)
+            except (OSError, ValueError):
+                continue
+        return None
+
+    # ------------------------------------------------------------------ video → LoRA
+    def _as_videos(self, video: Any, num_frames: int | None, fps: float | None) -> tuple[list[Video], bool]:
+        config = self.hyper_config
+        num_frames = num_frames or config.num_frames
+        fps = fps if fps is not None else config.fps
+        from PIL import Image
+
+        batched = isinstance(video, (list, tuple)) and not all(isinstance(v, Image.Image) for v in video)
+        if batched and len(video) == 0:
+            raise ValueError("An empty list of videos was passed; pass at least one video.")
+        items = list(video) if batched else [video]
+        return [load_video(v, num_frames=num_frames, fps=fps) for v in items], batched
+
+    def video_inputs(self, videos: Sequence[Video], prompt: str | None = None) -> dict[str, torch.Tensor]:
+        """Processor inputs for the hypernetwork's forward over `videos`, on the model's device and dtype."""
+        config = self.hyper_config
+        batch = build_video_inputs(self.processor, videos, prompt or config.internalize_prompt, config.video_size)
+        param = next(self.model.parameters())
+        inputs = {}
+        for name in _MODEL_INPUT_NAMES:
+            if name in batch:
+                value = batch[name].to(param.device)
+                inputs[name] = value.to(param.dtype) if value.is_floating_point() else value
+        return inputs
+
+    def generate_lora_factors(self, inputs: dict[str, torch.Tensor], grad: bool = False) -> LoraFactors:
+        """Run the frozen VLM once over processor `inputs` and the active hypernetwork on each needed layer.
+
+        Returns name → (A `(B, r_total, in)`, B `(B, out, r_total)`); with `grad=True` they carry gradients to the
+        hypernetwork (for training).
+        """
+        hypernetwork = self.hypernetwork
+        mask = inputs["attention_mask"].bool()
+        factors: LoraFactors = {}
+
+        def on_layer(layer_idx: int, states: torch.Tensor) -> None:
+            factors.update(hypernetwork.generate_for_layer(states, mask, layer_idx))
+
+        with self._generated_adapters_disabled():
+            stream_decoder_layer_inputs(self.model, inputs, hypernetwork.layers, on_layer, grad_in_callback=grad)
+        return factors
+
+    def generate_adapter(
+        self, video: VideoInput | Sequence[VideoInput], num_frames: int | None = None, fps: float | None = None
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """Turn a video into a standard PEFT LoRA state dict (keys as PEFT writes them, for `self.lora_config`).
+
+        Args:
+            video: a path, bytes, binary file object, uint8 tensor `(T, 3, H, W)`, list of PIL images, or a list of
+                any of these (a batch: one VLM forward and one hypernetwork forward for all of them).
+            num_frames / fps: frame sampling; defaults from the config.
+
+        Returns:
+            A state dict, or a list of state dicts for a list input. Tensors are float32, on the model's device.
+        """
+        videos, batched = self._as_videos(video, num_frames, fps)
+        with torch.no_grad():
+            factors = self.generate_lora_factors(self.video_inputs(videos))
+        state_dicts = factors_to_state_dicts(factors)
+        for state_dict in state_dicts:
+            check_finite(state_dict, "generated adapter")
+        return state_dicts if batched else state_dicts[0]
+
+    def internalize(
+        self,
+        video: VideoInput,
+        adapter_name: str = "video",
+        num_frames: int | None = None,
+        fps: float | None = None,
+        activate: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Generate the adapter of `video`, load it as `adapter_name` (an existing adapter of that name is hot-swapped
+        in place) and, with `activate`, make it the active adapter. Returns the state dict."""
+        self._check_adapter_name(adapter_name)
+        state_dict = self.generate_adapter(video, num_frames=num_frames, fps=fps)
+        self.load_generated_adapter(state_dict, adapter_name, activate=activate)
+        return state_dict
+
+    def load_generated_adapter(
+        self, state_dict: dict[str, torch.Tensor], adapter_name: str, activate: bool = True
+    ) -> None:
+        """Load a PEFT LoRA state dict of this hypernetwork's shape as `adapter_name`.
+
+        A new name adds an adapter to PEFT's LoRA layers (the layers themselves are injected once, on the first
+        adapter); an existing name is hot-swapped in place with `peft.utils.hotswap` (no re-injection).
+        """
+        self._check_adapter_name(adapter_name)
+        check_finite(state_dict, f"adapter '{adapter_name}'")
+        self._check_state_dict_shapes(state_dict)
+        lora_config = self.lora_config
+        # Keys relative to the internal LoraModel (whose `model` is the base model): "model.<path>.lora_A.weight".
+        local = {"model." + key.removeprefix(PEFT_MODEL_PREFIX): value for key, value in state_dict.items()}
+        if adapter_name in self.generated_adapters:
+            self._check_hotswap_name(adapter_name)
+            named = _insert_adapter_name_into_state_dict(local, adapter_name=adapter_name, parameter_prefix="lora_")
+            hotswap_adapter_from_state_dict(
+                self._lora_model, named, adapter_name, self._lora_model.peft_config[adapter_name]
+            )
+        else:
+            if self._lora_model is None:
+                # BaseTuner adopts a `peft_config` it finds on the model; the LoRA model must get its own dict.
+                del self.model.peft_config
+                try:
+                    lora_model = LoraModel(self.model, copy.deepcopy(lora_config), adapter_name)
+                finally:
+                    self.model.peft_config = self.peft_config
+                object.__setattr__(self, "_lora_model", lora_model)  # not a submodule: it wraps our own `model`
+            else:
+                self._lora_model.peft_config[adapter_name] = copy.deepcopy(lora_config)
+                self._lora_model.inject_adapter(self.model, adapter_name)
+            self.peft_config[adapter_name] = self._lora_model.peft_config[adapter_name]
+            result = set_peft_model_state_dict(self._lora_model, local, adapter_name=adapter_name)
+            if result.unexpected_keys:
+                raise IncompatibleBaseModelError(f"Unexpected keys in the adapter: {result.unexpected_keys[:3]}")
+            self.model.requires_grad_(False)
+        if activate:
+            self.set_adapter(adapter_name)
+        elif self.active_adapter in self.hypernetworks:
+            self._enable_generated_adapters(False)
+
+    def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor]) -> None:
+        rank = self.hyper_config.total_rank
+        expected: dict[str, tuple[int, int]] = {}
+        for target in self.hypernetwork.targets:
+            key_a, key_b = lora_state_dict_keys(target.name)
+            expected[key_a] = (rank, target.in_features)
+            expected[key_b] = (target.out_features, rank)
+        got = {key: tuple(value.shape) for key, value in state_dict.items()}
+        if got != expected:
+            missing = sorted(set(expected) - set(got))[:2]
+            unexpected = sorted(set(got) - set(expected))[:2]
+            wrong = [k for k in expected if k in got and got[k] != expected[k]][:2]
+            raise IncompatibleBaseModelError(
+                "This adapter does not fit the base model and hypernetwork it is loaded into "
+                f"(missing keys {missing}, unexpected keys {unexpected}, wrong shapes "
+                f"{[(k, got[k], expected[k]) for k in wrong]}). Load it into the base model it was generated for."
+            )
+
+    def _check_hotswap_name(self, adapter_name: str) -> None:
+        # PEFT's hotswap finds the weights of `adapter_name` by substring; another resident name containing it would
+        # have its weights zeroed.
+        clashes = [n for n in self.generated_adapters if n != adapter_name and adapter_name in n]
+        if clashes:
+            raise InvalidAdapterNameError(
+                f"Cannot hot-swap '{adapter_name}' while adapters {clashes} are resident: PEFT's hotswap matches "
+                "adapter names by substring. Use names that do not contain one another."
+            )
+
+    def save_adapter(self, adapter_name: str, save_directory: str | os.PathLike) -> None:
+        """Write a generated adapter as a plain PEFT LoRA directory (`adapter_config.json` +
+        `adapter_model.safetensors`) that stock `PeftModel.from_pretrained` loads without peft-hyper."""
+        from peft.utils.save_and_load import get_peft_model_state_dict
+
+        if adapter_name not in self.generated_adapters:
+            raise ValueError(f"No generated adapter named '{adapter_name}'; resident: {self.generated_adapters}.")
+        state_dict = get_peft_model_state_dict(self._lora_model, adapter_name=adapter_name)
+        state_dict = {"base_" + key: value.detach().contiguous() for key, value in state_dict.items()}
+        check_finite(state_dict, f"adapter '{adapter_name}'")
+        os.makedirs(save_directory, exist_ok=True)
+        save_file(state_dict, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = copy.deepcopy(self._lora_model.peft_config[adapter_name])
+        base_class = type(self.model)
+        config.save_pretrained(
+            str(save_directory),
+            auto_mapping_dict={"base_model_class": base_class.__name__, "parent_library": base_class.__module__},
+        )
+
+    @contextmanager
+    def lora_factors_applied(self, factors: LoraFactors) -> Iterator[None]:
+        """Within the context, every target layer adds `x @ A[b].T @ B[b].T` for batch item `b` to its output —
+        differentiably, so that training can backpropagate through generated factors into the hypernetwork.
+
+        factors: name → (A `(B, r, in)`, B `(B, out, r)`), as from `generate_lora_factors`. Resident generated
+        adapters are disabled meanwhile. Numerically this is what PEFT's LoRA layer computes with scaling 1 (tested).
+        """
+
+        def make_hook(lora_a: torch.Tensor, lora_b: torch.Tensor):
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+                x = args[0].to(lora_a.dtype)  # (B, S, in)
+                delta = torch.einsum("bsr,bor->bso", torch.einsum("bsi,bri->bsr", x, lora_a), lora_b)
+                return output + delta.to(output.dtype)
+
+            return hook
+
+        handles = []
+        with self._generated_adapters_disabled():
+            try:
+                for name, (lora_a, lora_b) in factors.items():
+                    module = self.model.get_submodule(name)
+                    base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+                    handles.append(base.register_forward_hook(make_hook(lora_a, lora_b)))
+                yield
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    # ------------------------------------------------------------------ inference
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        if self._lora_model is None or kwargs.get("adapter_names") is None:
+            yield
+            return
+        with self._lora_model._enable_peft_forward_hooks(*args, **kwargs):
+            yield
+
+    def forward(self, *args: Any, **kwargs: Any):
+        with self._enable_peft_forward_hooks(*args, **kwargs):
+            kwargs.pop("adapter_names", None)
+            return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any):
+        """`base_model.generate` with the active generated adapter(s); `adapter_names=[...]` gives one per sample."""
+        with self._enable_peft_forward_hooks(*args, **kwargs):
+            kwargs.pop("adapter_names", None)
+            return self.model.generate(*args, **kwargs)
+
+
+def _architecture_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str:
+    differences = [
+        f"{key}: checkpoint {expected.get(key)!r} vs base model {actual.get(key)!r}"
+        for key in sorted(set(expected) | set(actual))
+        if expected.get(key) != actual.get(key)
+    ]
+    return (
+        "The hypernetwork was made for a different base model ("
+        + "; ".join(d[:200] for d in differences)
+        + "). Load it onto the base model named in its adapter_config.json (base_model_name_or_path)."
+    )
