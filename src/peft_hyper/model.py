@@ -15,7 +15,7 @@ import copy
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -160,10 +160,11 @@ class HyperLoraModel(BaseTuner):
         elif config.base_model_architecture != architecture:
             raise IncompatibleBaseModelError(_architecture_mismatch(config.base_model_architecture, architecture))
         text_config = model.config.get_text_config()
-        hypernetwork = HyperNetwork(config, text_config.hidden_size, text_config.num_hidden_layers, targets)
-        param = next(model.parameters(), None)
-        if param is not None and param.device.type != "meta":
-            hypernetwork.to(param.device)
+        device = next(model.parameters()).device  # a meta-device base model (shape checks) gets a meta hypernetwork
+        with torch.device("meta") if device.type == "meta" else nullcontext():
+            hypernetwork = HyperNetwork(config, text_config.hidden_size, text_config.num_hidden_layers, targets)
+        if device.type != "meta":
+            hypernetwork.to(device)
         if "hypernetworks" not in self._modules:
             self.hypernetworks = nn.ModuleDict()
         self.hypernetworks[adapter_name] = hypernetwork
@@ -461,7 +462,7 @@ class HyperLoraModel(BaseTuner):
         check_finite(state_dict, f"adapter '{adapter_name}'")
         self._check_state_dict_shapes(state_dict)
         lora_config = self.lora_config
-        # Keys relative to the internal LoraModel (whose `model` is the base model): "model.<path>.lora_A.weight".
+        # Keys relative to the internal LoraModel (whose `model` is our base model): "model.<path>.lora_A.weight".
         local = {"model." + key.removeprefix(PEFT_MODEL_PREFIX): value for key, value in state_dict.items()}
         if adapter_name in self.generated_adapters:
             self._check_hotswap_name(adapter_name)
@@ -478,6 +479,7 @@ class HyperLoraModel(BaseTuner):
                 finally:
                     self.model.peft_config = self.peft_config
                 object.__setattr__(self, "_lora_model", lora_model)  # not a submodule: it wraps our own `model`
+                lora_model.training = self.training
             else:
                 self._lora_model.peft_config[adapter_name] = copy.deepcopy(lora_config)
                 self._lora_model.inject_adapter(self.model, adapter_name)
@@ -527,7 +529,11 @@ class HyperLoraModel(BaseTuner):
         if adapter_name not in self.generated_adapters:
             raise ValueError(f"No generated adapter named '{adapter_name}'; resident: {self.generated_adapters}.")
         state_dict = get_peft_model_state_dict(self._lora_model, adapter_name=adapter_name)
-        state_dict = {"base_" + key: value.detach().contiguous() for key, value in state_dict.items()}
+        # keys come relative to the internal LoraModel ("model.<path>"); PEFT files use the PeftModel path
+        state_dict = {
+            PEFT_MODEL_PREFIX + key.removeprefix("model."): value.detach().contiguous()
+            for key, value in state_dict.items()
+        }
         check_finite(state_dict, f"adapter '{adapter_name}'")
         os.makedirs(save_directory, exist_ok=True)
         save_file(state_dict, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
@@ -568,6 +574,12 @@ class HyperLoraModel(BaseTuner):
                     handle.remove()
 
     # ------------------------------------------------------------------ inference
+    def train(self, mode: bool = True) -> HyperLoraModel:
+        super().train(mode)
+        if self._lora_model is not None:  # not a submodule, so `nn.Module.train` does not reach its own flag
+            self._lora_model.training = mode
+        return self
+
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
         if self._lora_model is None or kwargs.get("adapter_names") is None:

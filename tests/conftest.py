@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny SmolVLM saved offline, real mp4 clips written with torchcodec, small hypernetworks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import peft_hyper  # noqa: E402,F401  (registers the HYPERLORA peft type)
+from peft_hyper import HyperLoraConfig  # noqa: E402
+from peft_hyper.testing_utils import save_tiny_smolvlm, write_test_video  # noqa: E402
+
+
+def small_config(**overrides) -> HyperLoraConfig:
+    """A hypernetwork small enough for CPU tests; `init_scale_b=0.5` so that generated adapters are non-zero."""
+    kwargs = dict(
+        r=4, latent_dim=32, num_latents=4, num_blocks=2, num_heads=2, head_dim=16, num_frames=4, init_scale_b=0.5
+    )
+    kwargs.update(overrides)
+    return HyperLoraConfig(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> str:
+    return str(save_tiny_smolvlm(tmp_path_factory.mktemp("tiny_smolvlm")))
+
+
+@pytest.fixture(scope="session")
+def other_base_dir(tmp_path_factory) -> str:
+    """A tiny SmolVLM with a different text width: the 'wrong base model'."""
+    from peft_hyper.testing_utils import build_tiny_smolvlm
+
+    model, processor = build_tiny_smolvlm(seed=1, text_hidden=96, heads=4, kv_heads=2, intermediate=160)
+    return str(save_tiny_smolvlm(tmp_path_factory.mktemp("other_smolvlm"), model=model, processor=processor))
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("clips")
+    return [
+        str(write_test_video(folder / f"clip{seed}.mp4", num_frames=16, fps=8, height=48, width=64, seed=seed))
+        for seed in range(3)
+    ]
+
+
+@pytest.fixture
+def vlm(tiny_base_dir):
+    from transformers import SmolVLMForConditionalGeneration
+
+    return SmolVLMForConditionalGeneration.from_pretrained(tiny_base_dir).eval()
+
+
+@pytest.fixture
+def hyper_model(vlm):
+    from peft import get_peft_model
+
+    return get_peft_model(vlm, small_config())

@@ -1,0 +1,323 @@
+"""The user-facing API of HyperLoraModel through PEFT: get_peft_model, generate_adapter, internalize, set_adapter,
+save/load, hotswap, mixed-adapter batches and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_config
+from peft import AutoPeftModel, LoraConfig, PeftModel, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.tuners.lora import LoraLayer
+from peft.utils.peft_types import PeftType
+from PIL import Image
+from transformers import SmolVLMForConditionalGeneration
+
+from peft_hyper import (
+    HyperLoraConfig,
+    HyperLoraModel,
+    IncompatibleBaseModelError,
+    InvalidAdapterNameError,
+    NonFiniteAdapterError,
+    VideoDecodeError,
+    load_video,
+)
+from peft_hyper.hidden_states import stream_decoder_layer_inputs
+
+QUESTION = "What colour is the square?"
+
+
+def text_inputs(model, question: str = QUESTION) -> dict[str, torch.Tensor]:
+    processor = model.processor
+    conversation = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    return dict(processor(text=[prompt], return_tensors="pt"))
+
+
+def logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def test_registered_as_a_peft_type():
+    assert PeftType.HYPERLORA == "HYPERLORA"
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.HYPERLORA] is HyperLoraConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.HYPERLORA] is HyperLoraModel
+
+
+def test_config_defaults_follow_the_reference():
+    config = HyperLoraConfig()
+    assert (config.r, config.latent_dim, config.num_latents, config.num_blocks) == (16, 512, 8, 9)
+    assert config.num_frames == 12 and config.bias_rank == 16 and config.total_rank == 32
+    assert config.init_scale_a == 1.0 and config.init_scale_b == 0.0
+    with pytest.raises(ValueError, match="task_type"):
+        HyperLoraConfig(task_type="CAUSAL_LM")
+    with pytest.raises(ValueError, match="positive integer"):
+        HyperLoraConfig(r=0)
+
+
+def test_get_peft_model_trains_only_the_hypernetwork(hyper_model):
+    assert isinstance(hyper_model, PeftModel)
+    assert isinstance(hyper_model.base_model, HyperLoraModel)
+    trainable = {name for name, p in hyper_model.named_parameters() if p.requires_grad}
+    assert trainable and all(".hypernetworks.default." in name for name in trainable)
+    assert not any(p.requires_grad for p in hyper_model.get_base_model().parameters())
+
+
+def test_target_regex_cannot_hit_the_vision_tower(vlm):
+    with pytest.raises(ValueError, match="outside the text decoder"):
+        get_peft_model(vlm, small_config(target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="matches no linear layer"):
+        get_peft_model(vlm, small_config(target_modules=r".*nothing_here"))
+
+
+def test_zero_init_gives_a_zero_delta(vlm, clips):
+    model = get_peft_model(vlm, small_config(init_scale_b=0.0))
+    inputs = text_inputs(model)
+    before = logits(model, inputs)
+    state_dict = model.generate_adapter(clips[0])
+    assert all(not v.any() for k, v in state_dict.items() if "lora_B" in k)
+    model.internalize(clips[0], adapter_name="clip")
+    torch.testing.assert_close(logits(model, inputs), before, rtol=0, atol=0)
+
+
+def test_generate_adapter_is_a_standard_peft_lora_state_dict(hyper_model, clips):
+    state_dict = hyper_model.generate_adapter(clips[0])
+    lora_config = hyper_model.lora_config
+    assert isinstance(lora_config, LoraConfig)
+    assert lora_config.r == lora_config.lora_alpha == 8  # r + bias_rank; PEFT scaling is exactly 1
+    text_config = hyper_model.get_base_model().config.text_config
+    assert len(state_dict) == 2 * text_config.num_hidden_layers
+    for layer in range(text_config.num_hidden_layers):
+        prefix = f"base_model.model.model.text_model.layers.{layer}.mlp.down_proj"
+        assert state_dict[f"{prefix}.lora_A.weight"].shape == (8, text_config.intermediate_size)
+        assert state_dict[f"{prefix}.lora_B.weight"].shape == (text_config.hidden_size, 8)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state_dict.values())
+    other = hyper_model.generate_adapter(clips[1])
+    assert any(not torch.equal(state_dict[k], other[k]) for k in state_dict)  # the adapter depends on the video
+
+
+def test_every_input_form_gives_the_same_adapter(hyper_model, clips):
+    reference = hyper_model.generate_adapter(clips[0])
+    data = Path(clips[0]).read_bytes()
+    for source in (data, io.BytesIO(data)):
+        generated = hyper_model.generate_adapter(source)
+        for key in reference:
+            torch.testing.assert_close(generated[key], reference[key], rtol=0, atol=0)
+    frames = load_video(clips[0], num_frames=16).frames
+    from_tensor = hyper_model.generate_adapter(frames, num_frames=4)
+    from_pil = hyper_model.generate_adapter(
+        [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames], num_frames=4
+    )
+    for key in reference:
+        torch.testing.assert_close(from_pil[key], from_tensor[key], rtol=0, atol=0)
+
+
+def test_frame_count_and_fps_are_per_call_overridable(hyper_model, clips):
+    tuner = hyper_model.base_model
+    image_token = tuner.processor.image_token_id
+    for count in (2, 6):
+        inputs = tuner.video_inputs([load_video(clips[0], num_frames=count)])
+        assert (inputs["input_ids"] == image_token).sum() == count * tuner.processor.image_seq_len
+        assert inputs["pixel_values"].shape[1] == count
+    default = hyper_model.generate_adapter(clips[0])
+    by_fps = hyper_model.generate_adapter(clips[0], fps=1.0)  # 2 s clip → 2 frames
+    assert any(not torch.equal(default[k], by_fps[k]) for k in default)
+
+
+def test_a_batch_is_one_forward_and_equals_single_calls(hyper_model, clips, monkeypatch):
+    tuner = hyper_model.base_model
+    calls = []
+    original = tuner.generate_lora_factors
+    monkeypatch.setattr(tuner, "generate_lora_factors", lambda inputs, **kw: calls.append(1) or original(inputs, **kw))
+    batch = hyper_model.generate_adapter(clips)
+    assert len(calls) == 1 and isinstance(batch, list) and len(batch) == 3
+    for clip, generated in zip(clips, batch, strict=True):
+        single = hyper_model.generate_adapter(clip)
+        for key in single:
+            torch.testing.assert_close(generated[key], single[key], rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_layer_inputs_equal_the_output_hidden_states(hyper_model, clips):
+    tuner = hyper_model.base_model
+    inputs = tuner.video_inputs([load_video(clips[0], num_frames=3)])
+    seen: dict[int, torch.Tensor] = {}
+    stream_decoder_layer_inputs(tuner.model, inputs, [0, 2], lambda layer, states: seen.__setitem__(layer, states))
+    with torch.no_grad():
+        reference = tuner.model.model(**inputs, output_hidden_states=True).hidden_states
+    assert sorted(seen) == [0, 2]
+    for layer, states in seen.items():
+        torch.testing.assert_close(states, reference[layer], rtol=0, atol=0)  # states *entering* layer l
+
+
+def test_internalize_activates_an_adapter_and_answers_without_visual_tokens(hyper_model, clips):
+    inputs = text_inputs(hyper_model)
+    base = logits(hyper_model, inputs)
+    state_dict = hyper_model.internalize(clips[0], adapter_name="clip")
+    assert set(state_dict) == set(hyper_model.generate_adapter(clips[0]))
+    assert hyper_model.active_adapters == ["clip"]  # PeftModel.active_adapters reads the tuner
+    assert "pixel_values" not in inputs
+    assert not (inputs["input_ids"] == hyper_model.processor.image_token_id).any()
+    adapted = logits(hyper_model, inputs)
+    assert not torch.allclose(adapted, base)
+    output = hyper_model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert output.shape == (1, inputs["input_ids"].shape[1] + 4)
+
+
+def test_set_adapter_switches_among_internalized_videos(hyper_model, clips):
+    inputs = text_inputs(hyper_model)
+    base = logits(hyper_model, inputs)
+    hyper_model.internalize(clips[0], adapter_name="first")
+    first = logits(hyper_model, inputs)
+    hyper_model.internalize(clips[1], adapter_name="second")
+    second = logits(hyper_model, inputs)
+    assert not torch.allclose(first, second)
+    hyper_model.set_adapter("first")
+    torch.testing.assert_close(logits(hyper_model, inputs), first, rtol=0, atol=0)
+    hyper_model.set_adapter("default")  # the hypernetwork: no generated adapter applied
+    torch.testing.assert_close(logits(hyper_model, inputs), base, rtol=0, atol=0)
+    with hyper_model.disable_adapter():
+        torch.testing.assert_close(logits(hyper_model, inputs), base, rtol=0, atol=0)
+    assert not any(p.requires_grad for n, p in hyper_model.named_parameters() if ".lora_" in n)
+    with pytest.raises(ValueError):
+        hyper_model.set_adapter("missing")
+
+
+def test_generated_adapters_do_not_affect_the_hypernetwork_forward(hyper_model, clips):
+    before = hyper_model.generate_adapter(clips[2])
+    hyper_model.internalize(clips[0], adapter_name="clip")
+    after = hyper_model.generate_adapter(clips[2])
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+
+
+def test_hotswap_reuses_the_injected_layers(hyper_model, clips):
+    inputs = text_inputs(hyper_model)
+    hyper_model.internalize(clips[0], adapter_name="slot")
+    layers = {name: id(m) for name, m in hyper_model.named_modules() if isinstance(m, LoraLayer)}
+    weights = {n: p.data_ptr() for n, p in hyper_model.named_parameters() if ".lora_" in n}
+    hyper_model.internalize(clips[1], adapter_name="slot")
+    assert {name: id(m) for name, m in hyper_model.named_modules() if isinstance(m, LoraLayer)} == layers
+    assert {n: p.data_ptr() for n, p in hyper_model.named_parameters() if ".lora_" in n} == weights
+    swapped = logits(hyper_model, inputs)
+    hyper_model.internalize(clips[1], adapter_name="fresh")
+    torch.testing.assert_close(swapped, logits(hyper_model, inputs), rtol=1e-6, atol=1e-6)
+    assert hyper_model.base_model.generated_adapters == ["slot", "fresh"]
+
+
+def test_mixed_adapter_batch(hyper_model, clips):
+    hyper_model.eval()  # PEFT serves one adapter per sample in eval mode only
+    hyper_model.internalize(clips[0], adapter_name="a")
+    hyper_model.internalize(clips[1], adapter_name="b")
+    single = text_inputs(hyper_model)
+    batch = {k: v.repeat(2, 1) for k, v in single.items()}
+    with torch.no_grad():
+        mixed = hyper_model(**batch, adapter_names=["a", "b"]).logits
+    hyper_model.set_adapter("a")
+    torch.testing.assert_close(mixed[0], logits(hyper_model, single)[0], rtol=1e-5, atol=1e-5)
+    hyper_model.set_adapter("b")
+    torch.testing.assert_close(mixed[1], logits(hyper_model, single)[0], rtol=1e-5, atol=1e-5)
+    generated = hyper_model.generate(**batch, adapter_names=["a", "b"], max_new_tokens=3, do_sample=False)
+    assert generated.shape[0] == 2
+
+
+def test_factors_applied_in_training_equal_the_peft_lora_layers(hyper_model, clips):
+    tuner = hyper_model.base_model
+    inputs = text_inputs(hyper_model)
+    factors = tuner.generate_lora_factors(tuner.video_inputs([load_video(clips[0], num_frames=4)]), grad=True)
+    assert any(a.requires_grad for a, _ in factors.values())
+    with tuner.lora_factors_applied(factors):
+        functional = tuner.model(**inputs).logits
+    functional.sum().backward()
+    assert tuner.hypernetwork.perceiver.latents.grad is not None
+    hyper_model.internalize(clips[0], adapter_name="clip")
+    torch.testing.assert_close(functional.detach(), logits(hyper_model, inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_save_pretrained_and_auto_peft_model_round_trip(hyper_model, clips, tmp_path):
+    reference = hyper_model.generate_adapter(clips[0])
+    hyper_model.save_pretrained(tmp_path / "ckpt")
+    files = set(os.listdir(tmp_path / "ckpt"))
+    assert {"adapter_model.safetensors", "adapter_config.json", "processor_config.json", "README.md"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    saved = json.loads((tmp_path / "ckpt" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "HYPERLORA" and saved["task_type"] is None and saved["auto_mapping"]
+    assert saved["base_model_architecture"]["text_num_hidden_layers"] == 3
+    loaded = AutoPeftModel.from_pretrained(tmp_path / "ckpt")
+    assert isinstance(loaded.base_model, HyperLoraModel)
+    assert type(loaded.processor).__name__ == "SmolVLMProcessor"
+    regenerated = loaded.generate_adapter(clips[0])
+    for key in reference:
+        torch.testing.assert_close(regenerated[key], reference[key], rtol=0, atol=0)
+
+
+def test_resident_adapters_are_saved_as_plain_lora_subfolders(hyper_model, clips, tmp_path):
+    hyper_model.internalize(clips[0], adapter_name="clip")
+    hyper_model.save_pretrained(tmp_path / "ckpt")
+    sub = tmp_path / "ckpt" / "clip"
+    assert json.loads((sub / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    from safetensors.torch import load_file
+
+    assert set(load_file(sub / "adapter_model.safetensors")) == set(hyper_model.generate_adapter(clips[0]))
+    root = load_file(tmp_path / "ckpt" / "adapter_model.safetensors")
+    assert root and all(key.startswith("base_model.hypernetworks.") for key in root)
+
+
+def test_checkpoint_for_another_base_model_is_refused(hyper_model, other_base_dir, tmp_path):
+    hyper_model.save_pretrained(tmp_path / "ckpt")
+    other = SmolVLMForConditionalGeneration.from_pretrained(other_base_dir)
+    with pytest.raises(IncompatibleBaseModelError, match="different base model"):
+        PeftModel.from_pretrained(other, tmp_path / "ckpt")
+
+
+def test_adapter_for_another_base_model_is_refused(hyper_model, other_base_dir, clips):
+    state_dict = hyper_model.generate_adapter(clips[0])
+    other = get_peft_model(SmolVLMForConditionalGeneration.from_pretrained(other_base_dir), small_config())
+    with pytest.raises(IncompatibleBaseModelError, match="does not fit"):
+        other.load_generated_adapter(state_dict, "clip")
+    assert other.base_model.generated_adapters == []
+
+
+def test_non_finite_adapters_are_refused_and_nothing_is_loaded(hyper_model, clips):
+    with torch.no_grad():
+        hyper_model.base_model.hypernetwork.context_proj.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteAdapterError, match="NaN or infinite"):
+        hyper_model.internalize(clips[0], adapter_name="clip")
+    assert hyper_model.base_model.generated_adapters == []
+    assert "clip" not in hyper_model.peft_config
+
+
+def test_non_finite_loaded_adapter_is_refused(hyper_model, clips):
+    state_dict = hyper_model.generate_adapter(clips[0])
+    key = next(iter(state_dict))
+    state_dict[key] = state_dict[key].clone()
+    state_dict[key][0, 0] = float("inf")
+    with pytest.raises(NonFiniteAdapterError, match=key.replace(".", r"\.")):
+        hyper_model.load_generated_adapter(state_dict, "clip")
+    assert hyper_model.base_model.generated_adapters == []
+
+
+@pytest.mark.parametrize("name", ["lora_clip", "my.clip", "", "default", "hypernetworks", "a b"])
+def test_adapter_names_that_peft_cannot_hold(hyper_model, clips, name):
+    with pytest.raises(InvalidAdapterNameError):
+        hyper_model.internalize(clips[0], adapter_name=name)
+
+
+def test_hotswap_refuses_names_that_contain_each_other(hyper_model, clips):
+    hyper_model.internalize(clips[0], adapter_name="clip")
+    hyper_model.internalize(clips[1], adapter_name="clip2")
+    with pytest.raises(InvalidAdapterNameError, match="substring"):
+        hyper_model.internalize(clips[2], adapter_name="clip")
+
+
+def test_bad_video_raises_before_anything_is_loaded(hyper_model, tmp_path):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(b"\x00" * 2048)
+    with pytest.raises(VideoDecodeError):
+        hyper_model.internalize(path, adapter_name="clip")
+    assert hyper_model.base_model.generated_adapters == []
