@@ -321,3 +321,15 @@ def test_bad_video_raises_before_anything_is_loaded(hyper_model, tmp_path):
     with pytest.raises(VideoDecodeError):
         hyper_model.internalize(path, adapter_name="clip")
     assert hyper_model.base_model.generated_adapters == []
+
+
+def test_bias_only_adapter_is_the_input_independent_block(hyper_model, clips):
+    bias = hyper_model.generate_bias_adapter()
+    generated = hyper_model.generate_adapter(clips[0])
+    assert set(bias) == set(generated)
+    r = hyper_model.peft_config["default"].r
+    for key, value in bias.items():
+        if key.endswith("lora_A.weight"):
+            assert not value[:r].any() and torch.equal(value[r:], generated[key][r:])
+        else:
+            assert not value[:, :r].any() and torch.equal(value[:, r:], generated[key][:, r:])

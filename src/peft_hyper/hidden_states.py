@@ -41,17 +41,21 @@ def text_decoder_layers(model: nn.Module) -> nn.ModuleList:
 def build_video_inputs(
     processor: ProcessorMixin,
     videos: Sequence[Video],
-    prompt: str,
+    prompt: str | Sequence[str],
     video_size: int | None = None,
     add_generation_prompt: bool = False,
 ) -> BatchFeature:
-    """One user turn per video — the video, then `prompt` — formatted and tokenised by the processor.
+    """One user turn per video — the video, then its prompt (one for all, or one per video) — formatted and
+    tokenised by the processor.
 
     Returns `input_ids`/`attention_mask` `(B, S)` and `pixel_values` `(B, T_max, 3, H, W)`.
     """
+    prompts = [prompt] * len(videos) if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != len(videos):
+        raise ValueError(f"Got {len(prompts)} prompts for {len(videos)} videos.")
     conversations = [
-        [{"role": "user", "content": [{"type": "video", "video": video.frames}, {"type": "text", "text": prompt}]}]
-        for video in videos
+        [{"role": "user", "content": [{"type": "video", "video": video.frames}, {"type": "text", "text": text}]}]
+        for video, text in zip(videos, prompts, strict=True)
     ]
     processor_kwargs: dict[str, Any] = {
         "video_metadata": [video.metadata for video in videos],

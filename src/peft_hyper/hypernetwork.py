@@ -61,6 +61,16 @@ class TargetHeads(nn.Module):
         self.bias_block_a = nn.Parameter(bias_a)
         self.bias_block_b = nn.Parameter(torch.zeros(n, out_features, config.bias_rank))
 
+    def bias_block(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input-independent part alone, padded with zero rows for the video-dependent ranks:
+        A `(1, r_total, in)`, B `(1, out, r_total)`."""
+        slot = self.slot_of_layer[layer_idx]
+        bias_a, bias_b = self.bias_block_a[slot], self.bias_block_b[slot]
+        rank = self.to_rank.out_features
+        lora_a = torch.cat([bias_a.new_zeros(rank, self.in_features), bias_a], dim=0)
+        lora_b = torch.cat([bias_b.new_zeros(self.out_features, rank), bias_b], dim=1)
+        return lora_a[None], lora_b[None]
+
     def forward(self, latents: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         slot = self.slot_of_layer[layer_idx]
         rank_latents = self.to_rank(latents.transpose(1, 2)).transpose(1, 2)  # (B, r, latent)
@@ -154,6 +164,10 @@ class HyperNetwork(nn.Module):
             target.name: self.heads[self._head_key(target.kind)](latents, layer_idx)
             for target in self.targets_by_layer[layer_idx]
         }
+
+    def bias_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The adapter with only the input-independent (bias) block: the 'zero-context' negative control."""
+        return {t.name: self.heads[self._head_key(t.kind)].bias_block(t.layer_idx) for t in self.targets}
 
     def forward(self, layer_states: torch.Tensor, mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """layer_states `(B, len(self.layers), S, hidden)` (states entering each needed layer, ascending), mask

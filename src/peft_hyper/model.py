@@ -295,7 +295,8 @@ class HyperLoraModel(BaseTuner):
             self._lora_model.set_adapter(self._lora_model.active_adapters, inference_mode=True)
 
     @contextmanager
-    def _generated_adapters_disabled(self) -> Iterator[None]:
+    def generated_adapters_disabled(self) -> Iterator[None]:
+        """Within the context the base model runs without any generated adapter (a no-op when none is resident)."""
         layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
         enabled = [not m.disable_adapters for m in layers]
         for layer in layers:
@@ -410,7 +411,7 @@ class HyperLoraModel(BaseTuner):
         def on_layer(layer_idx: int, states: torch.Tensor) -> None:
             factors.update(hypernetwork.generate_for_layer(states, mask, layer_idx))
 
-        with self._generated_adapters_disabled():
+        with self.generated_adapters_disabled():
             stream_decoder_layer_inputs(self.model, inputs, hypernetwork.layers, on_layer, grad_in_callback=grad)
         return factors
 
@@ -434,6 +435,14 @@ class HyperLoraModel(BaseTuner):
         for state_dict in state_dicts:
             check_finite(state_dict, "generated adapter")
         return state_dicts if batched else state_dicts[0]
+
+    def generate_bias_adapter(self) -> dict[str, torch.Tensor]:
+        """The adapter made of the hypernetwork's input-independent block alone (video-dependent ranks zero): what the
+        hypernetwork contributes without any video, a negative control for evaluations."""
+        with torch.no_grad():
+            state_dict = factors_to_state_dicts(self.hypernetwork.bias_factors())[0]
+        check_finite(state_dict, "bias adapter")
+        return state_dict
 
     def internalize(
         self,
@@ -562,7 +571,7 @@ class HyperLoraModel(BaseTuner):
             return hook
 
         handles = []
-        with self._generated_adapters_disabled():
+        with self.generated_adapters_disabled():
             try:
                 for name, (lora_a, lora_b) in factors.items():
                     module = self.model.get_submodule(name)
@@ -585,8 +594,16 @@ class HyperLoraModel(BaseTuner):
         if self._lora_model is None or kwargs.get("adapter_names") is None:
             yield
             return
-        with self._lora_model._enable_peft_forward_hooks(*args, **kwargs):
-            yield
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        disabled = [layer.disable_adapters for layer in layers]
+        for layer in layers:  # per-sample adapters apply even while a hypernetwork is the active adapter
+            layer._disable_adapters = False
+        try:
+            with self._lora_model._enable_peft_forward_hooks(*args, **kwargs):
+                yield
+        finally:
+            for layer, was_disabled in zip(layers, disabled, strict=True):
+                layer._disable_adapters = was_disabled
 
     def forward(self, *args: Any, **kwargs: Any):
         with self._enable_peft_forward_hooks(*args, **kwargs):

@@ -1,0 +1,461 @@
+"""Generation side of `frames2lora eval`: answer every item under every condition, cache predictions, score them and
+compare each condition with the video-in-context baseline.
+
+Conditions:
+- `in_context`: the frozen base model with the video in context (the baseline);
+- `adapter`: the item's internalized adapter, question text-only (zero visual tokens);
+- `no_video`: the frozen base model, question text-only;
+- `bias_only`: the hypernetwork's input-independent block alone (an adapter from no video);
+- `shuffled`: another item's adapter (a video with different content).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import PeftHyperError
+from ..hidden_states import build_video_inputs
+from ..video import Video, load_video
+from .metrics import JudgeFn, load_metric, per_item_scores
+from .report import BenchmarkResult, EvaluationResults, ReportFiles, write_report
+from .statistics import PairedComparison, paired_comparison
+
+logger = logging.getLogger(__name__)
+
+BASELINE = "in_context"
+CONTROLS = ("no_video", "bias_only", "shuffled")
+ALL_CONDITIONS = (BASELINE, "adapter", *CONTROLS)
+
+
+@dataclass
+class EvalItem:
+    """One question about one video. `references` holds every accepted answer; `benchmark` groups items."""
+
+    id: str
+    video: Any
+    prompt: str
+    references: list[str]
+    benchmark: str = "default"
+    spec: str | None = None  # a synthetic-world clip spec: the clip is rendered at any frame count from it
+
+
+@dataclass
+class EvaluationRun:
+    """What `evaluate_adapters` returns: the statistics, every prediction, and the items that were left out."""
+
+    results: EvaluationResults
+    predictions: dict[str, dict[str, str]]  # "<condition>@<frames>" → item id → prediction
+    excluded: dict[str, str] = field(default_factory=dict)  # item id → why
+    report: ReportFiles | None = None
+
+
+def load_eval_items(data: str | Path | Any, split: str = "test") -> list[EvalItem]:
+    """Items from a JSONL manifest (`{id, video_path, prompt, task_type, target_text}` per line), a saved or named
+    `datasets` dataset (columns `video`, `prompt`, `target`, optional `id`, `task_type`, `benchmark`, `spec`), or a
+    `datasets.Dataset`. Errors name the manifest line."""
+    import datasets
+
+    if isinstance(data, (str, Path)) and str(data).endswith((".jsonl", ".json")):
+        return _items_from_manifest(Path(data))
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        loaded = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(str(data))
+        data = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    rows = list(data)
+    if not rows:
+        raise ValueError("The evaluation dataset is empty; pass a dataset with at least two items.")
+    missing = {"prompt", "target"} - set(rows[0])
+    if missing or not ({"video", "video_path", "spec"} & set(rows[0])):
+        raise ValueError(
+            f"The evaluation dataset needs columns `prompt`, `target` and `video` (or `video_path`/`spec`); missing "
+            f"{sorted(missing) or ['video']}. Columns: {sorted(rows[0])}."
+        )
+    items = []
+    for index, row in enumerate(rows):
+        target = row["target"]
+        items.append(
+            EvalItem(
+                id=str(row.get("id", index)),
+                video=row.get("video", row.get("video_path")),
+                prompt=row["prompt"],
+                references=list(target) if isinstance(target, (list, tuple)) else [target],
+                benchmark=str(row.get("benchmark") or row.get("task_type") or "default"),
+                spec=row.get("spec"),
+            )
+        )
+    return items
+
+
+def _items_from_manifest(path: Path) -> list[EvalItem]:
+    if not path.is_file():
+        raise FileNotFoundError(f"No manifest at '{path}'.")
+    items = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: each line must be a JSON object.")
+            missing = [k for k in ("video_path", "prompt", "target_text") if k not in row]
+            if missing:
+                raise ValueError(
+                    f"{path}:{number}: missing field(s) {missing}; expected {{id, video_path, prompt, "
+                    "task_type, target_text}."
+                )
+            video = Path(row["video_path"])
+            if not video.is_absolute():
+                video = path.parent / video
+            target = row["target_text"]
+            items.append(
+                EvalItem(
+                    id=str(row.get("id", number)),
+                    video=str(video),
+                    prompt=row["prompt"],
+                    references=list(target) if isinstance(target, list) else [target],
+                    benchmark=str(row.get("benchmark") or row.get("task_type") or "default"),
+                )
+            )
+    if not items:
+        raise ValueError(f"The manifest '{path}' has no items.")
+    return items
+
+
+class _PredictionCache:
+    """JSONL cache of predictions keyed by (model, condition, frames, size, item, prompt)."""
+
+    def __init__(self, path: Path | None, model_key: str) -> None:
+        self.path, self.model_key = path, model_key
+        self.entries: dict[str, str] = {}
+        if path is not None and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                entry = json.loads(line)
+                self.entries[entry["key"]] = entry["prediction"]
+
+    def key(self, condition: str, frames: int, size: int | None, item: EvalItem) -> str:
+        raw = json.dumps([self.model_key, condition, frames, size, item.id, item.prompt, str(item.video)])
+        return hashlib.sha1(raw.encode()).hexdigest()
+
+    def add(self, key: str, prediction: str) -> None:
+        self.entries[key] = prediction
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "prediction": prediction}) + "\n")
+
+
+def evaluate_adapters(
+    model: Any,
+    items: Sequence[EvalItem],
+    metrics: Sequence[str | JudgeFn] = ("exact_match", "token_f1"),
+    margin: float = 0.05,
+    controls: Sequence[str] = CONTROLS,
+    frames: Sequence[int] = (12,),
+    sizes: Sequence[int | None] = (None,),
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    output_dir: str | Path | None = None,
+    seed: int = 0,
+    alpha: float = 0.05,
+    n_bootstrap: int = 2000,
+    progress: bool = True,
+) -> EvaluationRun:
+    """Answer `items` under the baseline, `adapter` and `controls` (at `frames[0]`, `sizes[0]`), and under the
+    baseline and `adapter` at every other frame count / size; score with `metrics`; compare paired per item against
+    the baseline at the user's pre-registered `margin`. With `output_dir`, predictions are cached there (a rerun
+    with other metrics generates nothing) and the report is written there."""
+    if margin is None or not margin > 0:
+        raise ValueError(f"margin must be > 0 (a pre-registered equivalence margin, e.g. 0.05), got {margin}.")
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"Unknown control(s) {unknown}; available: {list(CONTROLS)}.")
+    loaded_metrics = [load_metric(m) for m in metrics]
+    if len(items) < 2:
+        raise ValueError("Evaluation needs at least two items (paired statistics).")
+    output = Path(output_dir) if output_dir is not None else None
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    tuner = model.base_model
+    model_key = str(tuner.hyper_config.base_model_name_or_path) + f"|{max_new_tokens}"
+    model_key += (
+        "|"
+        + hashlib.sha1(
+            b"".join(p.detach().cpu().numpy().tobytes()[:4096] for p in tuner.hypernetwork.parameters())
+        ).hexdigest()
+    )
+    cache = _PredictionCache(output / "predictions.jsonl" if output else None, model_key)
+    model.eval()
+
+    videos, excluded = _load_videos(items, max(frames))
+    kept = [item for item in items if item.id not in excluded]
+    if len(kept) < 2:
+        raise ValueError(f"Fewer than two items have a readable video ({len(excluded)} excluded): {excluded}.")
+    if excluded:
+        logger.warning("%d item(s) excluded from every condition (unreadable video): %s", len(excluded), excluded)
+
+    predictions: dict[str, dict[str, str]] = {}
+    plan = [(c, frames[0], sizes[0]) for c in (BASELINE, "adapter", *controls)]
+    plan += [
+        (c, f, s) for f in frames for s in sizes for c in (BASELINE, "adapter") if (f, s) != (frames[0], sizes[0])
+    ]
+    for condition, num_frames, size in tqdm(plan, desc="conditions", disable=not progress):
+        run_key = _run_key(condition, num_frames, size)
+        predictions[run_key] = _predict(
+            model, kept, videos, condition, num_frames, size, cache, max_new_tokens, batch_size, seed, progress
+        )
+
+    by_benchmark: dict[str, list[EvalItem]] = {}
+    for item in kept:
+        by_benchmark.setdefault(item.benchmark, []).append(item)
+    if len(by_benchmark) > 1:
+        by_benchmark = {"all": kept, **by_benchmark}
+    benchmarks = []
+    for name, group in by_benchmark.items():
+        if len(group) < 2:
+            logger.warning("Benchmark %r has fewer than two items; skipped.", name)
+            continue
+        scores = {key: _score(loaded_metrics, group, preds) for key, preds in predictions.items()}
+        main = _run_key(BASELINE, frames[0], sizes[0])
+        comparisons = {
+            condition: _compare(
+                scores[_run_key(condition, frames[0], sizes[0])], scores[main], margin, alpha, n_bootstrap, seed
+            )
+            for condition in ("adapter", *controls)
+        }
+        by_frames = {}
+        if len(frames) > 1:
+            for num_frames in frames:
+                base = scores[_run_key(BASELINE, num_frames, sizes[0])]
+                by_frames[num_frames] = {
+                    "adapter": _compare(
+                        scores[_run_key("adapter", num_frames, sizes[0])], base, margin, alpha, n_bootstrap, seed
+                    )
+                }
+        benchmarks.append(BenchmarkResult(name=name, comparisons=comparisons, by_frame_count=by_frames))
+
+    metadata = {
+        "base_model": tuner.hyper_config.base_model_name_or_path,
+        "margin": margin,
+        "alpha": alpha,
+        "frames": list(frames),
+        "sizes": list(sizes),
+        "n_items": len(kept),
+        "excluded": len(excluded),
+        "metrics": [getattr(m, "name", str(m)) for m in loaded_metrics],
+    }
+    results = EvaluationResults(benchmarks=benchmarks, baseline=BASELINE, metadata=metadata)
+    run = EvaluationRun(results=results, predictions=predictions, excluded=excluded)
+    if output is not None:
+        run.report = write_report(results, output)
+        data = json.loads(run.report.json.read_text(encoding="utf-8"))
+        data["predictions"] = {
+            key: [
+                {"id": item.id, "prompt": item.prompt, "references": item.references, "prediction": preds[item.id]}
+                for item in kept
+            ]
+            for key, preds in predictions.items()
+        }
+        data["excluded"] = excluded
+        run.report.json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return run
+
+
+def _run_key(condition: str, frames: int, size: int | None) -> str:
+    return f"{condition}@{frames}" + (f"@{size}px" if size else "")
+
+
+def _load_videos(items: Sequence[EvalItem], num_frames: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check every video once; unreadable ones are excluded from every condition (so pairs stay paired)."""
+    videos: dict[str, Any] = {}
+    excluded: dict[str, str] = {}
+    for item in items:
+        if item.spec is not None:
+            videos[item.id] = item.spec
+            continue
+        try:
+            load_video(item.video, num_frames=1)
+            videos[item.id] = item.video
+        except (PeftHyperError, OSError) as exc:
+            excluded[item.id] = f"{type(exc).__name__}: {exc}"
+    return videos, excluded
+
+
+def _video(source: Any, num_frames: int, size: int | None) -> Video:
+    if isinstance(source, str) and source.lstrip().startswith("{"):  # a synthetic-world spec
+        from ..synthetic import ClipSpec, render_clip
+
+        frames = render_clip(ClipSpec.from_json(source), num_frames=num_frames, size=size or 64)
+        return load_video(frames, num_frames=num_frames)
+    video = load_video(source, num_frames=num_frames)
+    if size is not None:
+        height, width = video.frames.shape[-2:]
+        scale = size / max(height, width)
+        resized = torch.nn.functional.interpolate(
+            video.frames.float(), size=(round(height * scale), round(width * scale)), mode="bilinear", antialias=True
+        )
+        video = Video(frames=resized.round().clamp(0, 255).to(torch.uint8), metadata=video.metadata)
+    return video
+
+
+def _predict(
+    model: Any,
+    items: Sequence[EvalItem],
+    videos: Mapping[str, Any],
+    condition: str,
+    num_frames: int,
+    size: int | None,
+    cache: _PredictionCache,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> dict[str, str]:
+    tuner = model.base_model
+    keys = {item.id: cache.key(condition, num_frames, size, item) for item in items}
+    todo = [item for item in items if keys[item.id] not in cache.entries]
+    donor = _derangement([item.id for item in items], videos, seed) if condition == "shuffled" else {}
+    bias_adapter = tuner.generate_bias_adapter() if condition == "bias_only" and todo else None
+    for start in tqdm(range(0, len(todo), batch_size), desc=condition, leave=False, disable=not progress):
+        batch = todo[start : start + batch_size]
+        prompts = [item.prompt for item in batch]
+        if condition == BASELINE:
+            clips = [_video(videos[item.id], num_frames, size) for item in batch]
+            with model.base_model.generated_adapters_disabled():
+                answers = _generate_with_video(model, clips, prompts, max_new_tokens)
+        elif condition == "no_video":
+            with model.base_model.generated_adapters_disabled():
+                answers = _generate_text_only(model, prompts, max_new_tokens)
+        else:
+            names = [f"eval{slot:03d}" for slot in range(len(batch))]
+            if condition == "bias_only":
+                for name in names:
+                    tuner.load_generated_adapter(bias_adapter, name, activate=False)
+            else:
+                sources = [videos[donor.get(item.id, item.id)] for item in batch]
+                clips = [_video(source, num_frames, size) for source in sources]
+                for name, state_dict in zip(names, tuner.generate_adapter(clips), strict=True):
+                    tuner.load_generated_adapter(state_dict, name, activate=False)
+            answers = _generate_text_only(model, prompts, max_new_tokens, adapter_names=names)
+        for item, answer in zip(batch, answers, strict=True):
+            cache.add(keys[item.id], answer)
+    tuner.set_adapter(tuner.active_hypernetwork)
+    return {item.id: cache.entries[keys[item.id]] for item in items}
+
+
+def _derangement(ids: list[str], videos: Mapping[str, Any], seed: int) -> dict[str, str]:
+    """Map each item to another item whose video differs (seeded)."""
+    rng = random.Random(seed)
+    order = ids[:]
+    rng.shuffle(order)
+    donor = {}
+    for position, item_id in enumerate(order):
+        for step in range(1, len(order)):
+            candidate = order[(position + step) % len(order)]
+            if videos[candidate] != videos[item_id]:
+                donor[item_id] = candidate
+                break
+        else:
+            raise ValueError("The shuffled control needs at least two different videos.")
+    return donor
+
+
+def _decode_new_tokens(processor: Any, output: torch.Tensor, prompt_length: int) -> list[str]:
+    texts = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def _generate_text_only(
+    model: Any, prompts: Sequence[str], max_new_tokens: int, adapter_names: Sequence[str] | None = None
+) -> list[str]:
+    processor = model.base_model.processor
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": prompt}]}], add_generation_prompt=True
+        )
+        for prompt in prompts
+    ]
+    with _left_padding(processor):
+        inputs = processor(text=texts, return_tensors="pt", padding=True)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    kwargs = {"adapter_names": list(adapter_names)} if adapter_names else {}
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+    return _decode_new_tokens(processor, output, inputs["input_ids"].shape[1])
+
+
+def _generate_with_video(model: Any, clips: Sequence[Video], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    tuner = model.base_model
+    processor = tuner.processor
+    with _left_padding(processor):
+        batch = build_video_inputs(
+            processor, clips, prompts, tuner.hyper_config.video_size, add_generation_prompt=True
+        )
+    param = next(tuner.model.parameters())
+    inputs = {
+        k: v.to(param.device)
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
+    }
+    inputs["pixel_values"] = inputs["pixel_values"].to(param.dtype)
+    with torch.no_grad():
+        output = tuner.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return _decode_new_tokens(processor, output, inputs["input_ids"].shape[1])
+
+
+class _left_padding:
+    """Pad prompts on the left for batched generation, restoring the tokenizer's side afterwards."""
+
+    def __init__(self, processor: Any) -> None:
+        self.tokenizer = processor.tokenizer
+
+    def __enter__(self) -> None:
+        self.side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+
+    def __exit__(self, *exc: object) -> None:
+        self.tokenizer.padding_side = self.side
+
+
+def _score(
+    metrics: Sequence[Any], items: Sequence[EvalItem], predictions: Mapping[str, str]
+) -> dict[str, list[float]]:
+    scores = {}
+    for metric in metrics:
+        result = metric.compute(
+            predictions=[predictions[item.id] for item in items],
+            references=[item.references for item in items],
+            prompts=[item.prompt for item in items],
+        )
+        scores[metric.name] = per_item_scores(result)
+    return scores
+
+
+def _compare(
+    candidate: Mapping[str, list[float]],
+    baseline: Mapping[str, list[float]],
+    margin: float,
+    alpha: float,
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, PairedComparison]:
+    return {
+        name: paired_comparison(
+            candidate[name], baseline[name], margin=margin, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed
+        )
+        for name in candidate
+    }
+
+
+JudgeFactory = Callable[[], JudgeFn]

@@ -1,0 +1,193 @@
+"""`frames2lora eval` end to end on the tiny model, plus the `ask` and `internalize` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import small_config
+from peft import get_peft_model
+from transformers import SmolVLMForConditionalGeneration
+
+from peft_hyper.cli import main as cli_main
+from peft_hyper.evaluation import runner
+from peft_hyper.evaluation.runner import evaluate_adapters, load_eval_items
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_base_dir, tmp_path_factory) -> str:
+    vlm = SmolVLMForConditionalGeneration.from_pretrained(tiny_base_dir)
+    model = get_peft_model(vlm, small_config())
+    path = tmp_path_factory.mktemp("ckpt") / "frames2lora-tiny"
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def manifest(tmp_path, clips) -> Path:
+    lines = []
+    for index, clip in enumerate(clips):
+        for question, answer in (("what colour is the square?", "red"), ("which way does it move?", "left")):
+            lines.append(
+                {
+                    "id": f"{index}-{len(lines)}",
+                    "video_path": clip,
+                    "prompt": question,
+                    "task_type": "attribute" if "colour" in question else "motion",
+                    "target_text": answer,
+                }
+            )
+    lines.append(
+        {
+            "id": "gone",
+            "video_path": str(tmp_path / "missing.mp4"),
+            "prompt": "what?",
+            "task_type": "attribute",
+            "target_text": "x",
+        }
+    )
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_eval_command_writes_a_report_and_caches_predictions(checkpoint, manifest, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "report"
+    argv = [
+        "--model",
+        checkpoint,
+        "eval",
+        "--data",
+        str(manifest),
+        "--metrics",
+        "exact_match,token_f1",
+        "--margin",
+        "0.05",
+        "--frames",
+        "2,4",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert cli_main(argv) == 0
+    report = (out / "report.md").read_text()
+    assert "in_context" in report or "adapter" in report
+    results = json.loads((out / "results.json").read_text())
+    assert {"gone"} == set(results["excluded"])  # the missing video is out of every condition
+    assert set(results["predictions"]) == {
+        "in_context@2",
+        "adapter@2",
+        "no_video@2",
+        "bias_only@2",
+        "shuffled@2",
+        "in_context@4",
+        "adapter@4",
+    }
+    assert all(len(rows) == 6 for rows in results["predictions"].values())
+    names = {b["name"] for b in results["benchmarks"]}
+    assert names == {"all", "attribute", "motion"}
+    assert any(p.name.startswith("delta_") for p in out.glob("*.png"))
+    assert any(p.name.startswith("frames_") for p in out.glob("*.png"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a rerun with cached predictions must not generate")
+
+    monkeypatch.setattr(runner, "_generate_text_only", fail)
+    monkeypatch.setattr(runner, "_generate_with_video", fail)
+    argv[argv.index("exact_match,token_f1")] = "rouge_l"
+    assert cli_main(argv) == 0
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["predictions"] == results["predictions"]
+
+
+def test_shuffled_control_uses_another_video(checkpoint, clips, tiny_base_dir):
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint)
+    items = [runner.EvalItem(id=str(i), video=clip, prompt="what?", references=["x"]) for i, clip in enumerate(clips)]
+    donors = runner._derangement([item.id for item in items], {item.id: item.video for item in items}, seed=0)
+    assert all(donor != item for item, donor in donors.items())
+    run = evaluate_adapters(
+        model,
+        items,
+        metrics=["exact_match"],
+        margin=0.1,
+        controls=["shuffled"],
+        frames=[2],
+        max_new_tokens=2,
+        progress=False,
+    )
+    assert set(run.predictions) == {"in_context@2", "adapter@2", "shuffled@2"}
+
+
+def test_mixed_batch_applies_adapters_while_the_hypernetwork_is_active(checkpoint, clips):
+    import torch
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    tuner = model.base_model
+    tuner.load_generated_adapter(tuner.generate_adapter(clips[0]), "a", activate=False)
+    assert tuner.active_adapter == "default"
+    adapted = runner._generate_text_only(model, ["what moves?"], 3, adapter_names=["a"])
+    base = runner._generate_text_only(model, ["what moves?"], 3)
+    tuner.set_adapter("a")
+    with torch.no_grad():
+        assert runner._generate_text_only(model, ["what moves?"], 3) == adapted
+    assert tuner.generated_adapters == ["a"] and isinstance(base, list)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": 1, "video_path": "a.mp4", "prompt": "q", "target_text": "a"}\n{not json}\n', r"manifest.jsonl:2"),
+        ('{"id": 1, "prompt": "q", "target_text": "a"}\n', r"manifest.jsonl:1: missing field"),
+        ("\n", "no items"),
+    ],
+)
+def test_malformed_manifests(tmp_path, content, message):
+    path = tmp_path / "manifest.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_eval_items(path)
+
+
+def test_bad_arguments(checkpoint, manifest):
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint)
+    items = load_eval_items(manifest)
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        evaluate_adapters(model, items, margin=0)
+    with pytest.raises(ValueError, match="Unknown metric"):
+        evaluate_adapters(model, items, metrics=["bleu9000"], margin=0.05)
+    with pytest.raises(ValueError, match="Unknown control"):
+        evaluate_adapters(model, items, margin=0.05, controls=["nothing"])
+    import datasets
+
+    with pytest.raises(ValueError, match="empty"):
+        load_eval_items(datasets.Dataset.from_list([]))
+
+
+def test_ask_and_internalize_commands(checkpoint, clips, tmp_path, capsys):
+    adapter_dir = tmp_path / "adapter"
+    assert cli_main(["--model", checkpoint, "internalize", clips[0], "-o", str(adapter_dir)]) == 0
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    assert (
+        cli_main(
+            ["--model", checkpoint, "ask", clips[0], "what moves?", "--compare", "--json", "--max-new-tokens", "2"]
+        )
+        == 0
+    )
+    answer = json.loads(capsys.readouterr().out)["answers"][0]
+    assert answer["adapter"]["visual_tokens"] == 0 and answer["no_video"]["visual_tokens"] == 0
+    assert answer["in_context"]["visual_tokens"] > 0
+    assert cli_main(["--model", checkpoint, "ask", str(adapter_dir), "what moves?", "--json"]) == 0
+    from_adapter = json.loads(capsys.readouterr().out)
+    assert "load_adapter_s" in from_adapter
+    assert cli_main(["--model", checkpoint, "ask", str(tmp_path / "nope.mp4"), "q"]) == 2
+    assert "No video file" in capsys.readouterr().err
