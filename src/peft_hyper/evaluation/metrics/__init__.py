@@ -30,6 +30,8 @@ __all__ = [
     "load_metric",
     "normalize_answer",
     "per_item_scores",
+    "TextPairMetric",
+    "text_pair_features",
     "uniform_references",
 ]
 
@@ -129,6 +131,44 @@ class JudgeMetric:
         if not all(math.isfinite(s) for s in scores):
             raise ValueError("The judge returned NaN or infinite scores; return a finite score for every item.")
         return {self._name: sum(scores) / len(scores), PER_ITEM_KEY: scores}
+
+
+def text_pair_features() -> list[Any]:
+    """`evaluate` input features shared by the shipped metrics: one prediction string and one or several reference
+    strings per item."""
+    import datasets
+
+    return [
+        datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        datasets.Features(
+            {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+        ),
+    ]
+
+
+class TextPairMetric:
+    """Mixin for the shipped `evaluate.Metric` scripts: their `MetricInfo` and reference handling.
+
+    Subclasses set `_DESCRIPTION`-style class attributes `description` and `inputs_description` and implement
+    `_compute`. Not an `evaluate.Metric` itself, so `evaluate` never mistakes it for a script's metric class.
+    """
+
+    description: str = ""
+    inputs_description: str = ""
+
+    def _info(self) -> Any:
+        import evaluate
+
+        return evaluate.MetricInfo(
+            description=self.description,
+            citation="",
+            inputs_description=self.inputs_description,
+            features=text_pair_features(),
+        )
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Like `evaluate.Metric.add_batch`; a batch mixing single and multiple references is made uniform."""
+        return super().add_batch(predictions=predictions, references=uniform_references(references), **kwargs)
 
 
 def available_metrics() -> list[str]:

@@ -1,9 +1,8 @@
 """Exact match with SQuAD-style answer normalisation, returning per-item scores."""
 
-import datasets
 import evaluate
 
-from peft_hyper.evaluation.metrics import PER_ITEM_KEY, normalize_answer, uniform_references
+from peft_hyper.evaluation.metrics import PER_ITEM_KEY, TextPairMetric, normalize_answer
 
 _DESCRIPTION = """\
 Exact match: 1.0 when the prediction equals the reference, else 0.0. By default both strings are normalised like the
@@ -30,28 +29,11 @@ Examples:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class ExactMatch(evaluate.Metric):
+class ExactMatch(TextPairMetric, evaluate.Metric):
     """Per-item exact match."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string"),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-            ],
-        )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Like `evaluate.Metric.add_batch`; a batch mixing single and multiple references is made uniform."""
-        return super().add_batch(predictions=predictions, references=uniform_references(references), **kwargs)
+    description = _DESCRIPTION
+    inputs_description = _KWARGS_DESCRIPTION
 
     def _compute(self, predictions, references, normalize=True, prompts=None):
         def prepare(text):

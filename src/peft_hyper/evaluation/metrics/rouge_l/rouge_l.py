@@ -1,10 +1,9 @@
 """ROUGE-L F-measure (via the `rouge_score` package), returning per-item scores."""
 
-import datasets
 import evaluate
 from rouge_score import rouge_scorer
 
-from peft_hyper.evaluation.metrics import PER_ITEM_KEY, uniform_references
+from peft_hyper.evaluation.metrics import PER_ITEM_KEY, TextPairMetric
 
 _DESCRIPTION = """\
 ROUGE-L: F-measure of the longest common subsequence of tokens, computed per item with Google's `rouge_score`
@@ -31,29 +30,11 @@ Examples:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class RougeL(evaluate.Metric):
+class RougeL(TextPairMetric, evaluate.Metric):
     """Per-item ROUGE-L F-measure."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string"),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-            ],
-            codebase_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
-        )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Like `evaluate.Metric.add_batch`; a batch mixing single and multiple references is made uniform."""
-        return super().add_batch(predictions=predictions, references=uniform_references(references), **kwargs)
+    description = _DESCRIPTION
+    inputs_description = _KWARGS_DESCRIPTION
 
     def _compute(self, predictions, references, use_stemmer=False, prompts=None):
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)

@@ -2,10 +2,9 @@
 
 from collections import Counter
 
-import datasets
 import evaluate
 
-from peft_hyper.evaluation.metrics import PER_ITEM_KEY, normalize_answer, uniform_references
+from peft_hyper.evaluation.metrics import PER_ITEM_KEY, TextPairMetric, normalize_answer
 
 _DESCRIPTION = """\
 Token F1 as in the SQuAD evaluation script: both strings are normalised (lowercase, punctuation and the articles
@@ -45,28 +44,11 @@ def _f1(prediction, reference):
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class TokenF1(evaluate.Metric):
+class TokenF1(TextPairMetric, evaluate.Metric):
     """Per-item SQuAD token F1."""
 
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string"),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-            ],
-        )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Like `evaluate.Metric.add_batch`; a batch mixing single and multiple references is made uniform."""
-        return super().add_batch(predictions=predictions, references=uniform_references(references), **kwargs)
+    description = _DESCRIPTION
+    inputs_description = _KWARGS_DESCRIPTION
 
     def _compute(self, predictions, references, prompts=None):
         scores = []
