@@ -333,3 +333,14 @@ def test_bias_only_adapter_is_the_input_independent_block(hyper_model, clips):
             assert not value[:r].any() and torch.equal(value[r:], generated[key][r:])
         else:
             assert not value[:, :r].any() and torch.equal(value[:, r:], generated[key][:, r:])
+
+
+def test_chunked_vision_encoding_gives_the_same_adapter(vlm, clips):
+    chunked = get_peft_model(vlm, small_config(frames_per_vision_chunk=3, num_frames=8))
+    short = load_video(clips[1], num_frames=4)  # padded to 8 frames in the batch: padding frames are skipped
+    reference = chunked.generate_adapter([clips[0], short])  # chunks of 3, 3, 2 frames
+    chunked.peft_config["default"].frames_per_vision_chunk = None
+    whole = chunked.generate_adapter([clips[0], short])
+    for got, expected in zip(reference, whole, strict=True):
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)

@@ -87,6 +87,16 @@ class HyperLoraConfig(PeftConfig):
             )
         },
     )
+    frames_per_vision_chunk: int | None = field(
+        default=16,
+        metadata={
+            "help": (
+                "Frames the vision tower encodes at a time while internalizing, so that its memory stays that of one "
+                "chunk however long the video (results are unchanged up to float rounding); `None` encodes all "
+                "frames at once."
+            )
+        },
+    )
     internalize_prompt: str = field(
         default=DEFAULT_INTERNALIZE_PROMPT,
         metadata={"help": "The instruction placed after the video in the hypernetwork's forward pass."},
@@ -117,6 +127,8 @@ class HyperLoraConfig(PeftConfig):
                 raise ValueError(f"HyperLoraConfig.{name} must be a positive integer, got {value!r}.")
         if self.bias_rank < 0:
             raise ValueError(f"HyperLoraConfig.bias_rank must be >= 0, got {self.bias_rank}.")
+        if self.frames_per_vision_chunk is not None and self.frames_per_vision_chunk < 1:
+            raise ValueError(f"frames_per_vision_chunk must be >= 1 or None, got {self.frames_per_vision_chunk}.")
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"HyperLoraConfig.fps must be > 0 or None, got {self.fps}.")
         if isinstance(self.target_modules, (set, tuple)):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import BatchFeature, ProcessorMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .video import Video
 
@@ -78,17 +79,41 @@ class _StopForward(Exception):
     """Raised inside a forward hook once the last needed layer's input has been seen."""
 
 
+def encode_frames_in_chunks(
+    body: nn.Module, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None, frames_per_chunk: int
+) -> dict[str, BaseModelOutputWithPooling]:
+    """The vision tower + connector over `pixel_values` `(B, T, 3, P, P)`, `frames_per_chunk` frames at a time, so
+    that its activations stay those of one chunk however long the video. All-zero (padding) frames are skipped, as
+    `get_image_features` does. Returns the `mm_encoder_outputs` the VLM body accepts instead of `pixel_values`."""
+    features = []
+    for item in range(pixel_values.shape[0]):
+        chunks = []
+        for start in range(0, pixel_values.shape[1], frames_per_chunk):
+            chunk = pixel_values[item : item + 1, start : start + frames_per_chunk]
+            real = chunk.flatten(2).ne(0).any(dim=-1)[0]  # (frames,) False for padding frames
+            if not real.any():
+                continue
+            mask = None
+            if pixel_attention_mask is not None:
+                mask = pixel_attention_mask[item : item + 1, start : start + frames_per_chunk][:, real]
+            chunks.append(body.get_image_features(chunk[:, real], mask, return_dict=True).pooler_output[0])
+        features.append(torch.cat(chunks, dim=0))
+    return {"image": BaseModelOutputWithPooling(pooler_output=features)}
+
+
 def stream_decoder_layer_inputs(
     model: nn.Module,
     inputs: dict[str, torch.Tensor],
     layers: Sequence[int],
     on_layer: Callable[[int, torch.Tensor], None],
     grad_in_callback: bool = False,
+    frames_per_chunk: int | None = None,
 ) -> None:
     """Run `model` (no grad) on `inputs` and call `on_layer(l, states)` with the states `(B, S, hidden)` entering
     decoder layer `l`, for each `l` in `layers` in order. The forward stops after the last of `layers`.
 
     `grad_in_callback` runs the callback with autograd on (the states themselves never require grad).
+    `frames_per_chunk` encodes the frames with the vision tower that many at a time (see `encode_frames_in_chunks`).
     """
     decoder_layers = text_decoder_layers(model)
     wanted = sorted(set(layers))
@@ -111,6 +136,11 @@ def stream_decoder_layer_inputs(
     handles = [decoder_layers[idx].register_forward_pre_hook(make_hook(idx), with_kwargs=True) for idx in wanted]
     try:
         with torch.no_grad():
+            if frames_per_chunk is not None and "pixel_values" in inputs:
+                inputs = dict(inputs)
+                inputs["mm_encoder_outputs"] = encode_frames_in_chunks(
+                    body, inputs.pop("pixel_values"), inputs.pop("pixel_attention_mask", None), frames_per_chunk
+                )
             body(**inputs, use_cache=False)
     except _StopForward:
         pass

@@ -412,7 +412,14 @@ class HyperLoraModel(BaseTuner):
             factors.update(hypernetwork.generate_for_layer(states, mask, layer_idx))
 
         with self.generated_adapters_disabled():
-            stream_decoder_layer_inputs(self.model, inputs, hypernetwork.layers, on_layer, grad_in_callback=grad)
+            stream_decoder_layer_inputs(
+                self.model,
+                inputs,
+                hypernetwork.layers,
+                on_layer,
+                grad_in_callback=grad,
+                frames_per_chunk=self.hyper_config.frames_per_vision_chunk,
+            )
         return factors
 
     def generate_adapter(
