@@ -143,9 +143,9 @@ def test_mixed_batch_applies_adapters_while_the_hypernetwork_is_active(checkpoin
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"id": 1, "video_path": "a.mp4", "prompt": "q", "target_text": "a"}\n{not json}\n', r"manifest.jsonl:2"),
+        ('{"id": "1", "video_path": "a.mp4", "prompt": "q", "target_text": "a"}\n{not json}\n', r"manifest.jsonl:2"),
         ('{"id": 1, "prompt": "q", "target_text": "a"}\n', r"manifest.jsonl:1: missing field"),
-        ("\n", "no items"),
+        ("\n", "empty"),
     ],
 )
 def test_malformed_manifests(tmp_path, content, message):

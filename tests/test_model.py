@@ -245,6 +245,12 @@ def test_save_pretrained_and_auto_peft_model_round_trip(hyper_model, clips, tmp_
     files = set(os.listdir(tmp_path / "ckpt"))
     assert {"adapter_model.safetensors", "adapter_config.json", "processor_config.json", "README.md"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "ckpt" / "README.md")
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "video-text-to-text"
+    assert {"frames2lora", "video-text-to-text"} <= set(card.data.tags)
+    assert "model.internalize" in card.text and "[More Information Needed]" not in card.text
     saved = json.loads((tmp_path / "ckpt" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "HYPERLORA" and saved["task_type"] is None and saved["auto_mapping"]
     assert saved["base_model_architecture"]["text_num_hidden_layers"] == 3

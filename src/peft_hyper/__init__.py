@@ -7,11 +7,15 @@ and `AutoPeftModel.from_pretrained` handle `HyperLoraConfig` checkpoints.
 from peft.utils import register_peft_method
 
 from .config import HyperLoraConfig
+from .data import VideoTextCollator, load_manifest, validate_dataset
 from .errors import (
+    DatasetValidationError,
     EmptyVideoError,
     IncompatibleBaseModelError,
     InvalidAdapterNameError,
     InvalidFramesError,
+    InvalidRowError,
+    ManifestError,
     MissingProcessorError,
     NonFiniteAdapterError,
     PeftHyperError,
@@ -19,6 +23,7 @@ from .errors import (
     VideoNotFoundError,
 )
 from .model import HyperLoraModel
+from .trainer import HyperLoraTrainer, cache_teacher_targets
 from .video import Video, load_video
 
 __version__ = "0.1.0.dev0"
@@ -26,17 +31,25 @@ __version__ = "0.1.0.dev0"
 register_peft_method(name="hyperlora", config_cls=HyperLoraConfig, model_cls=HyperLoraModel, prefix="hypernetworks")
 
 __all__ = [
+    "DatasetValidationError",
     "EmptyVideoError",
     "HyperLoraConfig",
     "HyperLoraModel",
+    "HyperLoraTrainer",
     "IncompatibleBaseModelError",
     "InvalidAdapterNameError",
     "InvalidFramesError",
+    "InvalidRowError",
+    "ManifestError",
     "MissingProcessorError",
     "NonFiniteAdapterError",
     "PeftHyperError",
     "Video",
     "VideoDecodeError",
     "VideoNotFoundError",
+    "VideoTextCollator",
+    "cache_teacher_targets",
+    "load_manifest",
     "load_video",
+    "validate_dataset",
 ]

@@ -144,10 +144,13 @@ class HyperLoraConfig(PeftConfig):
         return self.r + self.bias_rank
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
-        """Save `adapter_config.json` and, when a processor is attached, the processor files beside it."""
+        """Save `adapter_config.json`, the attached processor's files and the Frames2LoRA model card beside it."""
+        from .model_card import write_default_model_card
+
         super().save_pretrained(save_directory, **kwargs)
         if self._processor is not None:
             self._processor.save_pretrained(save_directory)
+        write_default_model_card(save_directory, self)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):

@@ -35,5 +35,17 @@ class InvalidAdapterNameError(PeftHyperError, ValueError):
     """An adapter name that PEFT cannot hold (collides with a PEFT prefix, reserved, or not a plain identifier)."""
 
 
+class ManifestError(PeftHyperError, ValueError):
+    """A JSONL manifest line is not valid JSON or lacks a required field."""
+
+
+class DatasetValidationError(PeftHyperError, ValueError):
+    """A training dataset is empty, lacks a required column or has a column of the wrong type."""
+
+
+class InvalidRowError(PeftHyperError, ValueError):
+    """A dataset row cannot be used (missing or corrupt video, missing prompt or target)."""
+
+
 class MissingProcessorError(PeftHyperError, RuntimeError):
     """No processor is attached to the model and none could be found next to the checkpoint or the base model."""

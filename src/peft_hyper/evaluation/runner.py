@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..data import load_manifest
 from ..errors import PeftHyperError
 from ..hidden_states import build_video_inputs
 from ..video import Video, load_video
@@ -62,12 +63,12 @@ class EvaluationRun:
 def load_eval_items(data: str | Path | Any, split: str = "test") -> list[EvalItem]:
     """Items from a JSONL manifest (`{id, video_path, prompt, task_type, target_text}` per line), a saved or named
     `datasets` dataset (columns `video`, `prompt`, `target`, optional `id`, `task_type`, `benchmark`, `spec`), or a
-    `datasets.Dataset`. Errors name the manifest line."""
+    `datasets.Dataset`. Manifest errors (`ManifestError`) name the file and line."""
     import datasets
 
     if isinstance(data, (str, Path)) and str(data).endswith((".jsonl", ".json")):
-        return _items_from_manifest(Path(data))
-    if isinstance(data, (str, Path)):
+        data = load_manifest(data)
+    elif isinstance(data, (str, Path)):
         path = Path(data)
         loaded = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(str(data))
         data = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
@@ -93,44 +94,6 @@ def load_eval_items(data: str | Path | Any, split: str = "test") -> list[EvalIte
                 spec=row.get("spec"),
             )
         )
-    return items
-
-
-def _items_from_manifest(path: Path) -> list[EvalItem]:
-    if not path.is_file():
-        raise FileNotFoundError(f"No manifest at '{path}'.")
-    items = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: each line must be a JSON object.")
-            missing = [k for k in ("video_path", "prompt", "target_text") if k not in row]
-            if missing:
-                raise ValueError(
-                    f"{path}:{number}: missing field(s) {missing}; expected {{id, video_path, prompt, "
-                    "task_type, target_text}."
-                )
-            video = Path(row["video_path"])
-            if not video.is_absolute():
-                video = path.parent / video
-            target = row["target_text"]
-            items.append(
-                EvalItem(
-                    id=str(row.get("id", number)),
-                    video=str(video),
-                    prompt=row["prompt"],
-                    references=list(target) if isinstance(target, list) else [target],
-                    benchmark=str(row.get("benchmark") or row.get("task_type") or "default"),
-                )
-            )
-    if not items:
-        raise ValueError(f"The manifest '{path}' has no items.")
     return items
 
 

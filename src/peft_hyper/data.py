@@ -1,0 +1,325 @@
+"""Training data for Frames2LoRA: JSONL manifests, dataset checks and the collator that feeds `HyperLoraTrainer`.
+
+A training row is `{"video": <path | bytes>, "prompt": str, "target": str}` (plus optional `id`, `task_type`). The
+collator decodes each row's video lazily with [`load_video`] and builds, per batch:
+
+- the hypernetwork's inputs (`hyper_*`): the video followed by the internalisation prompt, exactly as
+  `HyperLoraModel.video_inputs` formats them at inference;
+- the student's text-only inputs (`input_ids`, `attention_mask`, `labels`): the chat-formatted prompt followed by
+  the target answer, with the prompt (and padding) masked to -100 in `labels` — no video in the student's context;
+- optionally the teacher's inputs (`teacher_*`): the video, the prompt and the same answer tokens, so that the
+  teacher's and the student's logits over the answer line up token for token (for the KL objectives).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .errors import DatasetValidationError, InvalidRowError, ManifestError, PeftHyperError
+from .hidden_states import build_video_inputs
+from .model import HyperLoraModel
+from .video import Video, load_video
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MANIFEST_FIELDS",
+    "DatasetValidationError",
+    "InvalidRowError",
+    "ManifestError",
+    "VideoTextCollator",
+    "load_manifest",
+    "validate_dataset",
+]
+
+# Reference (Frames2LoRA) manifest field → dataset column.
+MANIFEST_FIELDS: dict[str, str] = {
+    "id": "id",
+    "video_path": "video",
+    "prompt": "prompt",
+    "task_type": "task_type",
+    "target_text": "target",
+}
+REQUIRED_COLUMNS: tuple[str, ...] = ("video", "prompt", "target")
+IGNORE_INDEX = -100
+# Errors that mean "this row's video cannot be used" (the loader's typed errors, plus what FFmpeg/IO may raise).
+_BAD_VIDEO_ERRORS = (PeftHyperError, OSError, RuntimeError, ValueError, TypeError)
+
+
+# ---------------------------------------------------------------------------------------------------------- manifests
+def load_manifest(path: str | os.PathLike, video_root: str | os.PathLike | None = None):
+    """Load a reference-format JSONL manifest (`{id, video_path, prompt, task_type, target_text}` per line) as a
+    `datasets.Dataset` with columns `video, prompt, target, id, task_type`.
+
+    Relative `video_path`s are resolved against `video_root`, or the manifest's own directory when it is `None`.
+    Blank lines are skipped; a malformed line raises [`ManifestError`] naming the file and line number.
+    """
+    from datasets import Dataset, Features, Value
+
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"No manifest file at '{path}'.")
+    root = Path(video_root) if video_root is not None else path.parent
+    columns: dict[str, list[str | None]] = {column: [] for column in MANIFEST_FIELDS.values()}
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}).") from exc
+            if not isinstance(record, dict):
+                raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+            missing = [key for key in ("video_path", "prompt", "target_text") if record.get(key) is None]
+            if missing:
+                raise ManifestError(
+                    f"{where}: missing field(s) {missing}; each line needs "
+                    "{id, video_path, prompt, task_type, target_text}."
+                )
+            for key in MANIFEST_FIELDS:
+                value = record.get(key)
+                if value is not None and not isinstance(value, str):
+                    raise ManifestError(f"{where}: field '{key}' must be a string, got {type(value).__name__}.")
+            video = Path(record["video_path"])
+            if not video.is_absolute():
+                video = root / video
+            row_id = record.get("id") or f"{path.name}:{line_number}"
+            columns["id"].append(row_id)
+            columns["video"].append(str(video))
+            columns["prompt"].append(record["prompt"])
+            columns["task_type"].append(record.get("task_type"))
+            columns["target"].append(record["target_text"])
+    features = Features({column: Value("string") for column in ("video", "prompt", "target", "id", "task_type")})
+    return Dataset.from_dict({c: columns[c] for c in features}, features=features)
+
+
+def validate_dataset(dataset: Any, name: str = "train_dataset", require_target: bool = True) -> None:
+    """Check, before any training step, that `dataset` can feed a [`VideoTextCollator`].
+
+    Raises [`DatasetValidationError`] for an empty dataset, a missing `video`/`prompt`/`target` column, a column of
+    the wrong type (`prompt`/`target` must be strings; `video` a path string, bytes, or a `datasets.Video` feature) or
+    null prompts/targets.
+    """
+    from datasets import Dataset, IterableDataset, Value
+    from datasets import Video as VideoFeature
+
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        raise DatasetValidationError(
+            f"{name} must be a `datasets.Dataset` (or IterableDataset), got {type(dataset).__name__}. Build one with "
+            "`Dataset.from_list([...])` or `peft_hyper.load_manifest(path)`."
+        )
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise DatasetValidationError(f"{name} is empty: it has no rows to train on.")
+    features = dataset.features
+    required = REQUIRED_COLUMNS if require_target else ("video", "prompt")
+    if features is None:
+        return  # an IterableDataset of unknown schema: rows are checked as they are collated
+    missing = [column for column in required if column not in features]
+    if missing:
+        raise DatasetValidationError(
+            f"{name} lacks column(s) {missing} (has {sorted(features)}). Rename yours with "
+            "`dataset.rename_column(old, new)`; a reference manifest loads with `load_manifest`."
+        )
+    text_types = ("string", "large_string")
+    for column in required[1:]:
+        feature = features[column]
+        if not (isinstance(feature, Value) and feature.dtype in text_types):
+            raise DatasetValidationError(f"{name} column '{column}' must hold strings, got feature {feature}.")
+    video = features["video"]
+    if not (isinstance(video, VideoFeature) or (isinstance(video, Value) and video.dtype in (*text_types, "binary"))):
+        raise DatasetValidationError(
+            f"{name} column 'video' must hold file paths (string), video bytes (binary) or be a `datasets.Video` "
+            f"feature, got {video}."
+        )
+    if isinstance(video, VideoFeature) and video.decode:
+        raise DatasetValidationError(
+            f"{name} column 'video' is a decoding `datasets.Video` feature; the collator decodes videos itself. Use "
+            "`dataset = dataset.cast_column('video', datasets.Video(decode=False))`."
+        )
+    if isinstance(dataset, Dataset):
+        table = dataset.data
+        for column in required:
+            nulls = table.column(column).null_count
+            if nulls:
+                raise DatasetValidationError(
+                    f"{name} column '{column}' has {nulls} null value(s); drop or fill those rows first "
+                    f"(e.g. `dataset.filter(lambda row: row['{column}'] is not None)`)."
+                )
+
+
+# ---------------------------------------------------------------------------------------------------------- collator
+@dataclass
+class VideoTextCollator:
+    """Collate rows `{"video", "prompt", "target"[, "id"]}` into hypernetwork, student and (optionally) teacher inputs.
+
+    Args:
+        processor: the base model's `SmolVLMProcessor`.
+        num_frames / fps / video_size / internalize_prompt: how videos are sampled and shown to the hypernetwork
+            (take them from the `HyperLoraConfig`; [`VideoTextCollator.from_model`] does).
+        with_teacher: also build `teacher_*` inputs (video + prompt + the same answer tokens), for KL objectives.
+        with_target: rows carry a `target` (False builds generation inputs only, for teacher-target caching).
+        on_bad_row: `"skip"` drops a row whose video cannot be decoded (or whose prompt/target is missing) with a
+            warning and counts it in the batch's `num_skipped`; `"raise"` fails at once naming the row.
+        max_target_tokens: truncate answers to this many tokens (the end-of-utterance token included).
+    """
+
+    processor: Any
+    num_frames: int = 12
+    fps: float | None = None
+    video_size: int | None = None
+    internalize_prompt: str = "Internalize this video for later captioning."
+    with_teacher: bool = False
+    with_target: bool = True
+    on_bad_row: Literal["skip", "raise"] = "skip"
+    max_target_tokens: int | None = None
+    num_skipped: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.on_bad_row not in ("skip", "raise"):
+            raise ValueError(f"on_bad_row must be 'skip' or 'raise', got {self.on_bad_row!r}.")
+
+    @classmethod
+    def from_model(cls, model: Any, **kwargs: Any) -> VideoTextCollator:
+        """A collator matching the active hypernetwork of `model` (a `PeftModel` or `HyperLoraModel`)."""
+        tuner = model if isinstance(model, HyperLoraModel) else model.base_model
+        config = tuner.hyper_config
+        defaults = {
+            "num_frames": config.num_frames,
+            "fps": config.fps,
+            "video_size": config.video_size,
+            "internalize_prompt": config.internalize_prompt,
+        }
+        return cls(processor=tuner.processor, **{**defaults, **kwargs})
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    # ------------------------------------------------------------------ rows
+    def _row_id(self, row: dict[str, Any], index: int) -> str:
+        return str(row.get("id") or f"<row {index} of batch>")
+
+    def _load_row(self, row: dict[str, Any], index: int) -> tuple[Video, str, str | None]:
+        row_id = self._row_id(row, index)
+        prompt, target = row.get("prompt"), row.get("target")
+        if not isinstance(prompt, str):
+            raise InvalidRowError(f"Row {row_id}: 'prompt' must be a string, got {type(prompt).__name__}.")
+        if self.with_target and not isinstance(target, str):
+            raise InvalidRowError(f"Row {row_id}: 'target' must be a string, got {type(target).__name__}.")
+        source = row.get("video")
+        if isinstance(source, dict):  # a `datasets.Video(decode=False)` value
+            source = source.get("path") or source.get("bytes")
+        if source is None:
+            raise InvalidRowError(f"Row {row_id}: no video.")
+        try:
+            video = load_video(source, num_frames=self.num_frames, fps=self.fps)
+        except _BAD_VIDEO_ERRORS as exc:
+            raise InvalidRowError(f"Row {row_id}: cannot load its video ({exc})") from exc
+        return video, prompt, target
+
+    def _load_rows(self, rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[Video, str, str | None, str]], int]:
+        loaded, skipped = [], 0
+        for index, row in enumerate(rows):
+            try:
+                video, prompt, target = self._load_row(row, index)
+            except InvalidRowError as exc:
+                if self.on_bad_row == "raise":
+                    raise
+                skipped += 1
+                self.num_skipped += 1
+                logger.warning(f"Skipping a bad row ({self.num_skipped} skipped so far in this process): {exc}")
+                continue
+            loaded.append((video, prompt, target, self._row_id(row, index)))
+        return loaded, skipped
+
+    # ------------------------------------------------------------------ tokens
+    def _answer_ids(self, target: str) -> list[int]:
+        tokenizer = self.tokenizer
+        eos = getattr(tokenizer, "end_of_utterance_token", None) or tokenizer.eos_token or ""
+        ids = tokenizer(" " + target.strip() + eos, add_special_tokens=False)["input_ids"]
+        if self.max_target_tokens is not None:
+            ids = ids[: self.max_target_tokens]
+        return ids
+
+    def _student_prompt_ids(self, prompt: str) -> list[int]:
+        conversation = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _teacher_prompt(self, video: Video, prompt: str) -> dict[str, torch.Tensor]:
+        return build_video_inputs(self.processor, [video], prompt, self.video_size, add_generation_prompt=True)
+
+    def _pad_id(self) -> int:
+        tokenizer = self.tokenizer
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _pad_text(
+        self, sequences: list[list[int]], prompt_lengths: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-pad token lists; labels are the tokens after each prompt, -100 elsewhere."""
+        length = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), length), self._pad_id(), dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+        for i, (sequence, prompt_length) in enumerate(zip(sequences, prompt_lengths, strict=True)):
+            input_ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+            attention_mask[i, : len(sequence)] = 1
+            labels[i, prompt_length : len(sequence)] = input_ids[i, prompt_length : len(sequence)]
+        return input_ids, attention_mask, labels
+
+    @staticmethod
+    def _pad_frames(parts: list[torch.Tensor]) -> torch.Tensor:
+        """Stack `(1, T_i, ...)` tensors along batch, zero-padding frames (SmolVLM drops all-zero frames)."""
+        frames = max(p.shape[1] for p in parts)
+        out = parts[0].new_zeros((len(parts), frames, *parts[0].shape[2:]))
+        for i, part in enumerate(parts):
+            out[i, : part.shape[1]] = part[0]
+        return out
+
+    # ------------------------------------------------------------------ batch
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        loaded, skipped = self._load_rows(rows)
+        batch: dict[str, Any] = {"num_skipped": skipped, "row_ids": [item[3] for item in loaded]}
+        if not loaded:
+            empty = torch.zeros((0, 1), dtype=torch.long)
+            batch.update(input_ids=empty, attention_mask=empty.clone(), labels=empty.clone())
+            return batch
+        videos = [item[0] for item in loaded]
+        hyper = build_video_inputs(self.processor, videos, self.internalize_prompt, self.video_size)
+        for key, value in hyper.items():
+            batch[f"hyper_{key}"] = value
+
+        prompts = [self._student_prompt_ids(item[1]) for item in loaded]
+        if not self.with_target:
+            input_ids, attention_mask, _ = self._pad_text(prompts, [len(p) for p in prompts])
+            batch.update(input_ids=input_ids, attention_mask=attention_mask)
+            return batch
+        answers = [self._answer_ids(item[2]) for item in loaded]
+        input_ids, attention_mask, labels = self._pad_text(
+            [p + a for p, a in zip(prompts, answers, strict=True)], [len(p) for p in prompts]
+        )
+        batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+        if self.with_teacher:
+            teacher_prompts = [
+                self._teacher_prompt(video, item[1]) for video, item in zip(videos, loaded, strict=True)
+            ]
+            prompt_ids = [t["input_ids"][0].tolist() for t in teacher_prompts]
+            t_ids, t_mask, t_labels = self._pad_text(
+                [p + a for p, a in zip(prompt_ids, answers, strict=True)], [len(p) for p in prompt_ids]
+            )
+            batch.update(teacher_input_ids=t_ids, teacher_attention_mask=t_mask, teacher_labels=t_labels)
+            for key in ("pixel_values", "pixel_attention_mask"):
+                if key in teacher_prompts[0]:
+                    batch[f"teacher_{key}"] = self._pad_frames([t[key] for t in teacher_prompts])
+        return batch

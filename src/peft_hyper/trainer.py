@@ -1,0 +1,620 @@
+"""`HyperLoraTrainer`: train a Frames2LoRA hypernetwork with `transformers.Trainer`, and teacher-target caching.
+
+Only the hypernetwork trains; the video-language model stays frozen. Per batch the hypernetwork reads each video (one
+no-grad VLM forward) and emits a LoRA adapter per sample; the student is the frozen VLM with that adapter applied and
+**no video** in its context. Objectives:
+
+- `"ce"`: teacher-forced cross-entropy on the target answer (e.g. cached teacher answers);
+- `"kl"`: KL(teacher ‖ student) over the answer tokens, the teacher being the same frozen VLM *with* the video in
+  context (full vocabulary, or the teacher's top-K tokens renormalised);
+- `"ce+kl"`: their sum; plus an optional L1 penalty on the generated LoRA weights.
+
+Checkpoints are PEFT `save_pretrained` directories (safetensors). A checkpoint counts as complete only once
+`checkpoint_complete.json` is written into it, after every rank finished writing; `resume_from_checkpoint=True` only
+picks complete checkpoints (transformers writes checkpoints in place, so a process killed mid-save leaves a partial
+`checkpoint-N` that stock `get_last_checkpoint` would pick).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import logging
+
+from .data import IGNORE_INDEX, VideoTextCollator, validate_dataset
+from .errors import InvalidRowError
+from .model import HyperLoraModel
+from .model_card import render_model_card
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "CHECKPOINT_COMPLETE_NAME",
+    "HyperLoraTrainer",
+    "cache_teacher_targets",
+    "is_complete_checkpoint",
+    "last_complete_checkpoint",
+]
+
+Objective = Literal["ce", "kl", "ce+kl"]
+OBJECTIVES: tuple[str, ...] = ("ce", "kl", "ce+kl")
+CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
+
+
+# ---------------------------------------------------------------------------------------------------------- checkpoints
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a checkpoint directory that `HyperLoraTrainer` finished writing."""
+    return os.path.isfile(os.path.join(path, CHECKPOINT_COMPLETE_NAME))
+
+
+def _checkpoint_dirs(folder: str | os.PathLike) -> list[tuple[int, str]]:
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        prefix, _, step = name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and os.path.isdir(os.path.join(folder, name)):
+            found.append((int(step), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The `checkpoint-N` directory of `folder` with the highest `N` among complete ones, or None."""
+    complete = [path for _, path in _checkpoint_dirs(folder) if is_complete_checkpoint(path)]
+    return complete[-1] if complete else None
+
+
+def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------- losses
+def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `(N, V)` predicting each answer token and those tokens `(N,)`, in row-major order."""
+    shifted_labels = labels[:, 1:]
+    mask = shifted_labels != IGNORE_INDEX
+    return logits[:, :-1][mask], shifted_labels[mask]
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int | None = None, temperature: float = 1.0
+) -> torch.Tensor:
+    """Mean over tokens of KL(teacher ‖ student) at `temperature` (scaled by `temperature**2`).
+
+    With `top_k`, the teacher distribution is its top-K tokens renormalised, compared with the student's full-vocabulary
+    log-probabilities at those tokens (the Doc-to-LoRA recipe). Inputs are `(N, V)`.
+    """
+    if student_logits.shape[0] == 0:
+        return student_logits.sum() * 0.0
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_logits = teacher_logits.float() / temperature
+    if top_k is not None:
+        values, indices = teacher_logits.topk(min(top_k, teacher_logits.shape[-1]), dim=-1)
+        teacher = F.log_softmax(values, dim=-1)
+        student = student.gather(-1, indices)
+    else:
+        teacher = F.log_softmax(teacher_logits, dim=-1)
+    kl = (teacher.exp() * (teacher - student)).sum(dim=-1)
+    return kl.mean() * temperature**2
+
+
+# ---------------------------------------------------------------------------------------------------------- trainer
+class HyperLoraTrainer(Trainer):
+    """
+    `transformers.Trainer` for a Frames2LoRA hypernetwork (a `PeftModel` around a [`HyperLoraModel`]).
+
+    Args:
+        model: `get_peft_model(vlm, HyperLoraConfig(...))` or a `PeftModel` loaded with `is_trainable=True`.
+        args: `TrainingArguments`; `remove_unused_columns` is set to False (the collator needs the video column).
+        data_collator: defaults to [`VideoTextCollator.from_model`] (with teacher inputs for KL objectives).
+        train_dataset / eval_dataset: rows `{"video", "prompt", "target"}`; validated before training.
+        objective: `"ce"`, `"kl"` or `"ce+kl"`.
+        kl_top_k: distil from the teacher's top-K tokens only (`None`: the full vocabulary).
+        kl_temperature: softmax temperature of the KL term.
+        l1_penalty: weight of the mean absolute value of the generated LoRA A and B factors.
+        on_bad_row: `"skip"` (warn and count) or `"raise"` for rows whose video cannot be loaded.
+        kwargs: the remaining `Trainer` arguments (`callbacks`, `optimizers`, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TrainingArguments | None = None,
+        data_collator: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        *,
+        objective: Objective = "ce",
+        kl_top_k: int | None = None,
+        kl_temperature: float = 1.0,
+        l1_penalty: float = 0.0,
+        on_bad_row: Literal["skip", "raise"] = "skip",
+        **kwargs: Any,
+    ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        if kl_top_k is not None and kl_top_k < 1:
+            raise ValueError(f"kl_top_k must be a positive integer or None, got {kl_top_k}.")
+        if kl_temperature <= 0:
+            raise ValueError(f"kl_temperature must be > 0, got {kl_temperature}.")
+        if l1_penalty < 0:
+            raise ValueError(f"l1_penalty must be >= 0, got {l1_penalty}.")
+        if not isinstance(getattr(model, "base_model", None), HyperLoraModel):
+            raise TypeError(
+                "HyperLoraTrainer trains a PeftModel around a HyperLoraModel: pass "
+                "`get_peft_model(vlm, HyperLoraConfig(...))`."
+            )
+        if train_dataset is not None:
+            validate_dataset(train_dataset, "train_dataset")
+        if eval_dataset is not None:
+            for name, dataset in eval_dataset.items() if isinstance(eval_dataset, dict) else [("", eval_dataset)]:
+                validate_dataset(dataset, f"eval_dataset{'[' + repr(name) + ']' if name else ''}")
+        if args is None:
+            args = TrainingArguments(output_dir="trainer_output")
+        if args.remove_unused_columns:
+            logger.info("HyperLoraTrainer sets remove_unused_columns=False: the collator reads the video column.")
+            args.remove_unused_columns = False
+        args.label_names = ["labels"]
+        self.objective = objective
+        self.kl_top_k = kl_top_k
+        self.kl_temperature = kl_temperature
+        self.l1_penalty = l1_penalty
+        self._freeze_base_model(model)
+        if data_collator is None:
+            data_collator = VideoTextCollator.from_model(model, with_teacher=objective != "ce", on_bad_row=on_bad_row)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        # compute_loss returns a per-batch mean; Trainer divides it by the accumulation steps itself.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self._metric_sums: dict[str, float] = defaultdict(float)
+        self._metric_counts: dict[str, int] = defaultdict(int)
+        self.num_skipped_rows = 0
+
+    # ------------------------------------------------------------------ model
+    @staticmethod
+    def _freeze_base_model(model: nn.Module) -> None:
+        unfrozen = [n for n, p in model.named_parameters() if p.requires_grad and ".hypernetworks." not in n]
+        if unfrozen:
+            logger.warning(f"Freezing {len(unfrozen)} non-hypernetwork parameters (e.g. {unfrozen[0]}).")
+            for name, param in model.named_parameters():
+                if ".hypernetworks." not in name:
+                    param.requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "The hypernetwork has no trainable parameters: load the checkpoint with "
+                "`PeftModel.from_pretrained(vlm, path, is_trainable=True)`."
+            )
+
+    def _tuner(self, model: nn.Module) -> HyperLoraModel:
+        return self.accelerator.unwrap_model(model).base_model
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The objective's loss for one batch from [`VideoTextCollator`] (mean over answer tokens).
+
+        `num_items_in_batch` is accepted for API compatibility; the loss is a per-batch mean.
+        """
+        inputs = dict(inputs)
+        skipped = int(inputs.pop("num_skipped", 0) or 0)
+        inputs.pop("row_ids", None)
+        if skipped and model.training:
+            self.num_skipped_rows += skipped
+            self._metric_sums["skipped_rows"] += skipped
+            self._metric_counts["skipped_rows"] = 1
+        tuner = self._tuner(model)
+        tuner.model.eval()  # the frozen VLM never runs in train mode (dropout); the hypernetwork does
+        trainable = [p for p in tuner.hypernetwork.parameters() if p.requires_grad]
+        if inputs["input_ids"].shape[0] == 0:  # every row of the batch was skipped
+            loss = sum(p.sum() for p in trainable) * 0.0
+            return (loss, None) if return_outputs else loss
+
+        hyper_inputs = {key.removeprefix("hyper_"): v for key, v in inputs.items() if key.startswith("hyper_")}
+        factors = tuner.generate_lora_factors(hyper_inputs, grad=torch.is_grad_enabled())
+        with tuner.lora_factors_applied(factors):
+            # Through `model` (possibly DDP-wrapped) so that distributed gradient synchronisation is set up.
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        student_logits, answer_tokens = _answer_logits(outputs.logits, inputs["labels"])
+
+        terms: dict[str, torch.Tensor] = {}
+        if self.objective in ("ce", "ce+kl"):
+            terms["ce"] = F.cross_entropy(student_logits.float(), answer_tokens)
+        if self.objective in ("kl", "ce+kl"):
+            if "teacher_input_ids" not in inputs:
+                raise ValueError(
+                    f"objective={self.objective!r} needs teacher inputs: use a VideoTextCollator with with_teacher=True."
+                )
+            teacher = {key.removeprefix("teacher_"): v for key, v in inputs.items() if key.startswith("teacher_")}
+            teacher_labels = teacher.pop("labels")
+            with torch.no_grad():
+                teacher_logits = tuner.model(**teacher, use_cache=False).logits
+            teacher_logits, teacher_tokens = _answer_logits(teacher_logits, teacher_labels)
+            if not torch.equal(teacher_tokens, answer_tokens):
+                raise RuntimeError("Teacher and student answer tokens differ; they must be the same sequence.")
+            terms["kl"] = distillation_loss(student_logits, teacher_logits, self.kl_top_k, self.kl_temperature)
+        loss = sum(terms.values())
+        if self.l1_penalty:
+            l1 = sum(a.abs().mean() + b.abs().mean() for a, b in factors.values()) / len(factors)
+            terms["l1"] = l1
+            loss = loss + self.l1_penalty * l1
+
+        prefix = "" if model.training else "eval_"
+        for name, value in terms.items():
+            self._metric_sums[prefix + name] += float(value.detach())
+            self._metric_counts[prefix + name] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Evaluation computes the training objective only (no logits are gathered)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _metric_names(self, prefix: str) -> list[str]:
+        names = [n for n in ("ce", "kl") if n in self.objective]
+        if self.l1_penalty:
+            names.append("l1")
+        return [prefix + n for n in names] + ([] if prefix else ["skipped_rows"])
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log (`ce`, `kl`, `l1`, or `eval_*`; averaged over processes)
+        and the number of skipped rows (summed over processes)."""
+        names = self._metric_names("eval_" if any(key.startswith("eval_") for key in logs) else "")
+        if "loss" in logs or "eval_loss" in logs:
+            values = torch.tensor(
+                [self._metric_sums.pop(n, 0.0) / max(self._metric_counts.pop(n, 0), 1) for n in names],
+                dtype=torch.float64,
+                device=self.args.device,
+            )
+            if self.accelerator.num_processes > 1:
+                values = self.accelerator.reduce(values, reduction="sum")
+                skipped = names.index("skipped_rows") if "skipped_rows" in names else None
+                for i in range(len(names)):
+                    if i != skipped:
+                        values[i] /= self.accelerator.num_processes
+            logs.update({n: float(v) for n, v in zip(names, values.tolist(), strict=True)})
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ datasets
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
+        return dataset  # the collator needs `video`, `prompt`, `target` and `id`
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Save as Trainer does, then mark the checkpoint complete (after all ranks wrote), then rotate."""
+        run_dir = self._get_output_dir(trial=trial)
+        output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        marker = os.path.join(output_dir, CHECKPOINT_COMPLETE_NAME)
+        if self.args.should_save and os.path.exists(marker):
+            os.remove(marker)  # being rewritten: incomplete until this save finishes
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotate only once the new checkpoint is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            _write_json_atomic(marker, {"global_step": self.state.global_step, "time": time.time()})
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | bool | None:
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir}).")
+            if self.args.should_save:
+                for _, path in _checkpoint_dirs(self.args.output_dir):
+                    if not is_complete_checkpoint(path):
+                        aside = f"{path}.incomplete"
+                        logger.warning(f"Ignoring partially written checkpoint {path}; moved to {aside}.")
+                        shutil.rmtree(aside, ignore_errors=True)
+                        os.replace(path, aside)
+            return found
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)) and not is_complete_checkpoint(
+            resume_from_checkpoint
+        ):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete HyperLoraTrainer checkpoint (no "
+                f"{CHECKPOINT_COMPLETE_NAME}); it was probably interrupted while being written. Resume from an earlier "
+                "checkpoint or pass resume_from_checkpoint=True to pick the last complete one."
+            )
+        return resume_from_checkpoint
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the last *complete* checkpoint."""
+        return super().train(
+            resume_from_checkpoint=self._resolve_checkpoint(resume_from_checkpoint), trial=trial, **kwargs
+        )
+
+    # ------------------------------------------------------------------ hub
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | Sequence[str] | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Render `templates/model_card.md` for this run into `output_dir/README.md`; returns the card text."""
+        if not self.is_world_process_zero():
+            return ""
+        peft_model = self.accelerator.unwrap_model(self.model)
+        config = peft_model.base_model.hyper_config
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id or Path(self.args.output_dir).name
+        datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+        card = render_model_card(
+            config,
+            repo_id=repo_id,
+            model_name=model_name,
+            datasets=datasets,
+            tags=[tags] if isinstance(tags, str) else list(tags or []),
+            training_data=self._describe_training_data(datasets),
+            objective=self.objective,
+            hyperparameters=self._hyperparameters(),
+            metrics=self._final_metrics(),
+        )
+        text = str(card)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(text)
+        return text
+
+    def _describe_training_data(self, datasets: list[str]) -> str:
+        dataset = self.train_dataset
+        parts = []
+        if datasets:
+            parts.append("Dataset(s): " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets))
+        if dataset is not None and hasattr(dataset, "__len__"):
+            parts.append(f"{len(dataset)} training rows (video, prompt, target).")
+            if "task_type" in (dataset.column_names or []):
+                counts: dict[str, int] = defaultdict(int)
+                for task in dataset["task_type"]:
+                    counts[str(task)] += 1
+                parts.append("Task types: " + ", ".join(f"{k} ({v})" for k, v in sorted(counts.items())) + ".")
+        if self.eval_dataset is not None and hasattr(self.eval_dataset, "__len__"):
+            parts.append(f"{len(self.eval_dataset)} evaluation rows.")
+        if self.num_skipped_rows:
+            parts.append(f"{self.num_skipped_rows} rows were skipped (unreadable video or missing fields).")
+        return "\n".join(f"- {p}" for p in parts) if parts else "Not recorded."
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        args = self.args
+        values: dict[str, Any] = {
+            "objective": self.objective,
+            "kl_top_k": self.kl_top_k,
+            "kl_temperature": self.kl_temperature,
+            "l1_penalty": self.l1_penalty,
+            "learning_rate": args.learning_rate,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "num_processes": args.world_size,
+            "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "seed": args.seed,
+            "global_step": self.state.global_step,
+            "epochs": round(self.state.epoch or 0.0, 4),
+        }
+        return {k: f"`{v}`" for k, v in values.items()}
+
+    def _final_metrics(self) -> dict[str, str]:
+        metrics: dict[str, str] = {}
+        for entry in self.state.log_history:
+            for key, value in entry.items():
+                wanted = key in ("loss", "ce", "kl", "l1", "train_loss") or key.startswith("eval_")
+                if wanted and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second")):
+                    metrics[key] = f"{value:.4g}"
+        return metrics
+
+    def _hub_files(self) -> list[str]:
+        """The files `push_to_hub` uploads: the hypernetwork checkpoint, its config, the processor and the card."""
+        files = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+        processor = self._tuner(self.model).processor
+        with tempfile.TemporaryDirectory() as tmp:
+            processor.save_pretrained(tmp)
+            files += sorted(name for name in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, name)))
+        return list(dict.fromkeys(files))
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Upload the hypernetwork checkpoint (safetensors + adapter_config.json), the processor and a model card to
+        `args.hub_model_id` (created if needed). `kwargs` go to [`create_model_card`] (e.g. `dataset_name`)."""
+        from huggingface_hub import HfApi
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if getattr(self, "hub_model_id", None) is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        self._finish_current_push()
+        return HfApi(library_name="peft-hyper").upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=self.args.output_dir,
+            commit_message=commit_message,
+            token=token,
+            run_as_future=not blocking,
+            allow_patterns=self._hub_files(),
+            revision=revision if revision is not None else self.args.hub_revision,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------- teacher
+def cache_teacher_targets(
+    model: nn.Module,
+    dataset: Any,
+    max_new_tokens: int = 64,
+    cache_dir: str | os.PathLike = "teacher_targets",
+    batch_size: int = 8,
+    on_bad_row: Literal["skip", "raise"] = "skip",
+    progress: bool = True,
+) -> Any:
+    """Answer each row's prompt with the frozen VLM *with the video in context* (adapters disabled, greedy) and
+    return `dataset` with those answers as `target` (a previous `target` column is kept as `reference_target`).
+
+    Results are written to `cache_dir` in shards as they are produced, so an interrupted run resumes where it stopped
+    (rows already answered are not regenerated). Rows whose video cannot be read are skipped with a warning (or raise,
+    with `on_bad_row="raise"`) and left out of the result. The result is also saved to `cache_dir/dataset`
+    (`datasets.load_from_disk`).
+    """
+    from datasets import Dataset
+    from tqdm.auto import tqdm
+
+    validate_dataset(dataset, "dataset", require_target=False)
+    if not isinstance(dataset, Dataset):
+        raise TypeError("cache_teacher_targets needs a map-style `datasets.Dataset`.")
+    tuner: HyperLoraModel = model if isinstance(model, HyperLoraModel) else model.base_model
+    collator = VideoTextCollator.from_model(tuner, with_target=False, on_bad_row=on_bad_row)
+    cache = Path(cache_dir)
+    shards = cache / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    meta = {"fingerprint": dataset._fingerprint, "num_rows": len(dataset), "max_new_tokens": max_new_tokens}
+    meta_path = cache / "meta.json"
+    if meta_path.exists():
+        previous = json.loads(meta_path.read_text())
+        if previous != meta:
+            raise ValueError(
+                f"{cache} holds teacher targets of another dataset or setting ({previous} vs {meta}); use a new "
+                "cache_dir or delete it."
+            )
+    else:
+        _write_json_atomic(str(meta_path), meta)
+
+    results: dict[int, str | None] = {}
+    for shard in sorted(shards.glob("shard-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            results[record["index"]] = record["target"]
+    todo = [i for i in range(len(dataset)) if i not in results]
+    processor = tuner.processor
+    config = tuner.hyper_config
+    vlm = tuner.model
+    param = next(vlm.parameters())
+    was_training = vlm.training
+    vlm.eval()
+    bar = tqdm(total=len(dataset), initial=len(dataset) - len(todo), desc="Teacher targets", disable=not progress)
+    try:
+        for start in range(0, len(todo), batch_size):
+            indices = todo[start : start + batch_size]
+            rows = [dataset[i] for i in indices]
+            answers: list[str | None] = [None] * len(rows)
+            usable = []
+            for position, row in enumerate(rows):
+                try:
+                    video, prompt, _ = collator._load_row(
+                        {**row, "id": row.get("id") or f"index {indices[position]}"}, position
+                    )
+                except InvalidRowError as exc:
+                    if on_bad_row == "raise":
+                        raise
+                    logger.warning(f"Skipping a bad row in teacher caching: {exc}")
+                    continue
+                usable.append((position, video, prompt))
+            if usable:
+                conversations = [
+                    [{"role": "user", "content": [{"type": "video", "video": v.frames}, {"type": "text", "text": p}]}]
+                    for _, v, p in usable
+                ]
+                processor_kwargs: dict[str, Any] = {
+                    "video_metadata": [v.metadata for _, v, _ in usable],
+                    "do_sample_frames": False,
+                    "padding": True,
+                    "padding_side": "left",
+                }
+                if config.video_size is not None:
+                    processor_kwargs["size"] = {"longest_edge": config.video_size}
+                inputs = processor.apply_chat_template(
+                    conversations,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                    processor_kwargs=processor_kwargs,
+                )
+                inputs = {
+                    k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
+                    for k, v in inputs.items()
+                }
+                with torch.no_grad(), tuner.generated_adapters_disabled():
+                    generated = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+                texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+                for (position, _, _), text in zip(usable, texts, strict=True):
+                    answers[position] = text.strip()
+            lines = [json.dumps({"index": i, "target": a}) for i, a in zip(indices, answers, strict=True)]
+            shard_path = shards / f"shard-{indices[0]:09d}.jsonl"
+            fd, tmp = tempfile.mkstemp(dir=shards, prefix=".tmp-")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            os.replace(tmp, shard_path)
+            results.update(zip(indices, answers, strict=True))
+            bar.update(len(indices))
+    finally:
+        bar.close()
+        vlm.train(was_training)
+
+    kept = [i for i in range(len(dataset)) if results.get(i) is not None]
+    skipped = len(dataset) - len(kept)
+    if skipped:
+        logger.warning(f"Teacher caching skipped {skipped} row(s) with unreadable videos.")
+    out = dataset.select(kept)
+    if "target" in out.column_names:
+        if "reference_target" in out.column_names:
+            out = out.remove_columns("reference_target")
+        out = out.rename_column("target", "reference_target")
+    out = out.add_column("target", [results[i] for i in kept])
+    out.save_to_disk(str(cache / "dataset"))
+    return out
