@@ -11,9 +11,10 @@ Online, with the real model (and optionally a Hub dataset with `video`, `prompt`
     python examples/train_frames2lora.py --model HuggingFaceTB/SmolVLM2-500M-Video-Instruct \
         --train_manifest finevideo_train.jsonl --output_dir frames2lora-500m --bf16 --push_to_hub
 
-Several processes (accelerate / torch DDP; `--cpu` uses gloo):
+Several processes (accelerate / torch DDP). On CPU, accelerate 1.15's `--cpu` launcher starts one process unless
+mpirun is used; `--multi_gpu --use_cpu` runs torchrun with the gloo backend instead:
 
-    accelerate launch --num_processes 2 --cpu examples/train_frames2lora.py --model ./tiny-smolvlm ...
+    accelerate launch --multi_gpu --num_processes 2 --use_cpu examples/train_frames2lora.py --model ./tiny-smolvlm ...
 """
 
 from __future__ import annotations
