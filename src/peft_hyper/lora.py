@@ -52,6 +52,11 @@ def factors_to_state_dicts(factors: Mapping[str, tuple[torch.Tensor, torch.Tenso
 
 def check_finite(state_dict: Mapping[str, torch.Tensor], what: str = "adapter") -> None:
     """Raise `NonFiniteAdapterError` naming the first tensor with NaN or inf values."""
+    if not state_dict:
+        return
+    # One reduction per tensor and one check overall (NaN/inf propagate through sums); locate only on failure.
+    if torch.stack([tensor.float().sum() for tensor in state_dict.values()]).isfinite().all():
+        return
     for key, tensor in state_dict.items():
         if not torch.isfinite(tensor).all():
             raise NonFiniteAdapterError(

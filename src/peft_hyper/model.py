@@ -15,7 +15,7 @@ import copy
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -33,7 +33,12 @@ from .errors import (
     InvalidAdapterNameError,
     MissingProcessorError,
 )
-from .hidden_states import build_video_inputs, split_decoder_module_name, stream_decoder_layer_inputs
+from .hidden_states import (
+    build_video_inputs,
+    split_decoder_module_name,
+    stream_decoder_layer_inputs,
+    text_decoder_layers,
+)
 from .hypernetwork import HyperNetwork, LoraTarget
 from .lora import PEFT_MODEL_PREFIX, build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .video import Video, VideoInput, load_video
@@ -123,6 +128,7 @@ class HyperLoraModel(BaseTuner):
     # Defaults that exist before `nn.Module.__init__` runs (BaseTuner calls `inject_adapter` from its __init__).
     _lora_model: LoraModel | None = None
     _processor: Any = None
+    _lora_layer_cache: list[LoraLayer] | None = None
     active_hypernetwork: str | None = None
 
     def __init__(
@@ -245,7 +251,7 @@ class HyperLoraModel(BaseTuner):
         if len(names) == 1 and names[0] in self.hypernetworks:
             self.active_hypernetwork = names[0]
             self.active_adapter = names[0]
-            self._enable_generated_adapters(False)
+            self._set_generated_adapters_enabled(False)
             return
         missing = [name for name in names if name not in self.generated_adapters]
         if missing:
@@ -253,8 +259,10 @@ class HyperLoraModel(BaseTuner):
                 f"Unknown adapter(s) {missing}. Hypernetworks: {list(self.hypernetworks)}; generated adapters: "
                 f"{self.generated_adapters}. Create one with `model.internalize(video, adapter_name=...)`."
             )
-        self._lora_model.set_adapter(names, inference_mode=True)
-        self._enable_generated_adapters(True)
+        for layer in self._lora_layers:  # PEFT's per-layer switch, on the cached layers (no module-tree walk)
+            layer.set_adapter(names, inference_mode=True)
+        self._lora_model.active_adapter = names[0] if len(names) == 1 else names
+        self._set_generated_adapters_enabled(True)
         self.active_adapter = adapter_name
 
     def delete_adapter(self, adapter_name: str) -> None:
@@ -275,40 +283,44 @@ class HyperLoraModel(BaseTuner):
             self.set_adapter(self.active_hypernetwork)
 
     def enable_adapter_layers(self) -> None:
-        if self._lora_model is not None and self.active_adapter not in self.hypernetworks:
-            self._enable_generated_adapters(True)
+        if self.active_adapter not in self.hypernetworks:
+            self._set_generated_adapters_enabled(True)
 
     def disable_adapter_layers(self) -> None:
-        self._enable_generated_adapters(False)
+        self._set_generated_adapters_enabled(False)
 
     @staticmethod
     def _as_list(names: str | list[str]) -> list[str]:
         return [names] if isinstance(names, str) else list(names)
 
-    def _enable_generated_adapters(self, enabled: bool) -> None:
+    @property
+    def _lora_layers(self) -> list[LoraLayer]:
+        """The PEFT LoRA layers that hold generated adapters (found once: later adapters reuse the same layers)."""
         if self._lora_model is None:
-            return
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer):
-                module.enable_adapters(enabled)
-        if enabled:  # `enable_adapters(True)` makes the active adapters trainable; generated adapters never are
-            self._lora_model.set_adapter(self._lora_model.active_adapters, inference_mode=True)
+            return []
+        if self._lora_layer_cache is None:
+            self._lora_layer_cache = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        return self._lora_layer_cache
+
+    def _set_generated_adapters_enabled(self, enabled: bool) -> None:
+        # Generated adapters are always frozen, so only the switch is flipped: PEFT's `enable_adapters(True)` would
+        # also make the active adapters trainable.
+        for layer in self._lora_layers:
+            layer._disable_adapters = not enabled
 
     @contextmanager
-    def generated_adapters_disabled(self) -> Iterator[None]:
-        """Within the context the base model runs without any generated adapter (a no-op when none is resident)."""
-        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        enabled = [not m.disable_adapters for m in layers]
-        for layer in layers:
-            layer.enable_adapters(False)
+    def _generated_adapters_switched(self, enabled: bool) -> Iterator[None]:
+        previous = [layer._disable_adapters for layer in self._lora_layers]
+        self._set_generated_adapters_enabled(enabled)
         try:
             yield
         finally:
-            for layer, was_enabled in zip(layers, enabled, strict=True):
-                if was_enabled:
-                    layer.enable_adapters(True)
-            if any(enabled):
-                self._lora_model.set_adapter(self._lora_model.active_adapters, inference_mode=True)
+            for layer, was_disabled in zip(self._lora_layers, previous, strict=True):
+                layer._disable_adapters = was_disabled
+
+    def generated_adapters_disabled(self) -> AbstractContextManager[None]:
+        """Within the context the base model runs without any generated adapter (a no-op when none is resident)."""
+        return self._generated_adapters_switched(False)
 
     def _check_adapter_name(self, adapter_name: str, allow_existing: bool = False) -> None:
         if not isinstance(adapter_name, str) or not _ADAPTER_NAME.fullmatch(adapter_name):
@@ -478,13 +490,14 @@ class HyperLoraModel(BaseTuner):
         check_finite(state_dict, f"adapter '{adapter_name}'")
         self._check_state_dict_shapes(state_dict)
         lora_config = self.lora_config
-        # Keys relative to the internal LoraModel (whose `model` is our base model): "model.<path>.lora_A.weight".
-        local = {"model." + key.removeprefix(PEFT_MODEL_PREFIX): value for key, value in state_dict.items()}
         if adapter_name in self.generated_adapters:
             self._check_hotswap_name(adapter_name)
-            named = _insert_adapter_name_into_state_dict(local, adapter_name=adapter_name, parameter_prefix="lora_")
+            # PEFT's hotswap, scoped to the text decoder's layers (every target lives there), so that it does not walk
+            # the whole VLM's state dict: keys "<layer>.<module>.lora_A.weight" relative to that layer list.
+            scoped = {_key_in_decoder_layers(key): value for key, value in state_dict.items()}
+            named = _insert_adapter_name_into_state_dict(scoped, adapter_name=adapter_name, parameter_prefix="lora_")
             hotswap_adapter_from_state_dict(
-                self._lora_model, named, adapter_name, self._lora_model.peft_config[adapter_name]
+                text_decoder_layers(self.model), named, adapter_name, self._lora_model.peft_config[adapter_name]
             )
         else:
             if self._lora_model is None:
@@ -500,14 +513,14 @@ class HyperLoraModel(BaseTuner):
                 self._lora_model.peft_config[adapter_name] = copy.deepcopy(lora_config)
                 self._lora_model.inject_adapter(self.model, adapter_name)
             self.peft_config[adapter_name] = self._lora_model.peft_config[adapter_name]
+            # keys relative to the internal LoraModel, whose `model` is our base model: "model.<path>.lora_A.weight"
+            local = {"model." + key.removeprefix(PEFT_MODEL_PREFIX): value for key, value in state_dict.items()}
             result = set_peft_model_state_dict(self._lora_model, local, adapter_name=adapter_name)
             if result.unexpected_keys:
                 raise IncompatibleBaseModelError(f"Unexpected keys in the adapter: {result.unexpected_keys[:3]}")
             self.model.requires_grad_(False)
-        if activate:
-            self.set_adapter(adapter_name)
-        elif self.active_adapter in self.hypernetworks:
-            self._enable_generated_adapters(False)
+        # re-apply the activation: injecting a new adapter may change PEFT's active adapter
+        self.set_adapter(adapter_name if activate else self.active_adapter)
 
     def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor]) -> None:
         rank = self.hyper_config.total_rank
@@ -528,14 +541,19 @@ class HyperLoraModel(BaseTuner):
             )
 
     def _check_hotswap_name(self, adapter_name: str) -> None:
-        # PEFT's hotswap finds the weights of `adapter_name` by substring; another resident name containing it would
-        # have its weights zeroed.
-        clashes = [n for n in self.generated_adapters if n != adapter_name and adapter_name in n]
-        if clashes:
-            raise InvalidAdapterNameError(
-                f"Cannot hot-swap '{adapter_name}' while adapters {clashes} are resident: PEFT's hotswap matches "
-                "adapter names by substring. Use names that do not contain one another."
-            )
+        # PEFT's hotswap selects the weights of `adapter_name` as every "lora_" parameter whose name contains it as a
+        # substring; if another resident adapter's parameter names contain it, those weights would be zeroed.
+        for other in self.generated_adapters:
+            if other == adapter_name:
+                continue
+            for target in self.hypernetwork.targets:
+                key = f"{_key_in_decoder_layers(target.name)}.lora_A.{other}.weight"
+                if adapter_name in key:
+                    raise InvalidAdapterNameError(
+                        f"Cannot hot-swap '{adapter_name}' while adapter '{other}' is resident: PEFT's hotswap matches "
+                        f"adapter names by substring and '{adapter_name}' occurs in '{key}'. Use longer names that do "
+                        "not occur in one another or in module names."
+                    )
 
     def save_adapter(self, adapter_name: str, save_directory: str | os.PathLike) -> None:
         """Write a generated adapter as a plain PEFT LoRA directory (`adapter_config.json` +
@@ -601,16 +619,9 @@ class HyperLoraModel(BaseTuner):
         if self._lora_model is None or kwargs.get("adapter_names") is None:
             yield
             return
-        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        disabled = [layer.disable_adapters for layer in layers]
-        for layer in layers:  # per-sample adapters apply even while a hypernetwork is the active adapter
-            layer._disable_adapters = False
-        try:
-            with self._lora_model._enable_peft_forward_hooks(*args, **kwargs):
-                yield
-        finally:
-            for layer, was_disabled in zip(layers, disabled, strict=True):
-                layer._disable_adapters = was_disabled
+        # per-sample adapters apply even while a hypernetwork is the active adapter
+        with self._generated_adapters_switched(True), self._lora_model._enable_peft_forward_hooks(*args, **kwargs):
+            yield
 
     def forward(self, *args: Any, **kwargs: Any):
         with self._enable_peft_forward_hooks(*args, **kwargs):
@@ -622,6 +633,11 @@ class HyperLoraModel(BaseTuner):
         with self._enable_peft_forward_hooks(*args, **kwargs):
             kwargs.pop("adapter_names", None)
             return self.model.generate(*args, **kwargs)
+
+
+def _key_in_decoder_layers(key: str) -> str:
+    """`base_model.model.model.text_model.layers.3.mlp.down_proj.lora_A.weight` → `3.mlp.down_proj.lora_A.weight`."""
+    return key.split("text_model.layers.", 1)[1]
 
 
 def _architecture_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str:
