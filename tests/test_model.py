@@ -360,3 +360,12 @@ def test_chunked_vision_encoding_gives_the_same_adapter(vlm, clips):
     for got, expected in zip(reference, whole, strict=True):
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_package_relative_base_model_paths_resolve_inside_the_installed_package():
+    import peft_hyper
+
+    config = HyperLoraConfig(base_model_name_or_path="peft_hyper://checkpoints/some/base")
+    expected = os.path.join(os.path.dirname(peft_hyper.__file__), "checkpoints", "some", "base")
+    assert config.base_model_name_or_path == expected
+    assert HyperLoraConfig(base_model_name_or_path="org/model").base_model_name_or_path == "org/model"

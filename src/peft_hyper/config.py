@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from peft.config import PeftConfig
@@ -12,6 +13,17 @@ from .registration import PEFT_TYPE_HYPERLORA
 
 DEFAULT_TARGET_MODULES = r".*text_model\.layers\.\d+\.mlp\.down_proj"
 DEFAULT_INTERNALIZE_PROMPT = "Internalize this video for later captioning."
+
+
+PACKAGE_PATH_PREFIX = "peft_hyper://"
+
+
+def resolve_package_path(path: str | None) -> str | None:
+    """`peft_hyper://<relative path>` → that path inside the installed package (how the embedded checkpoint names its
+    base model, wherever the package is installed); anything else is returned unchanged."""
+    if path is None or not path.startswith(PACKAGE_PATH_PREFIX):
+        return path
+    return str(Path(__file__).parent / path.removeprefix(PACKAGE_PATH_PREFIX))
 
 
 @dataclass
@@ -121,6 +133,7 @@ class HyperLoraConfig(PeftConfig):
             )
         if self.bias_rank is None:
             self.bias_rank = self.r
+        self.base_model_name_or_path = resolve_package_path(self.base_model_name_or_path)
         for name in ("r", "latent_dim", "num_latents", "num_blocks", "num_heads", "head_dim", "ff_mult", "num_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
