@@ -37,7 +37,6 @@ from .hidden_states import (
     build_video_inputs,
     split_decoder_module_name,
     stream_decoder_layer_inputs,
-    text_decoder_layers,
 )
 from .hypernetwork import HyperNetwork, LoraTarget
 from .lora import PEFT_MODEL_PREFIX, build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
@@ -129,6 +128,7 @@ class HyperLoraModel(BaseTuner):
     _lora_model: LoraModel | None = None
     _processor: Any = None
     _lora_layer_cache: list[LoraLayer] | None = None
+    _hotswap_views: dict[str, nn.ModuleDict] | None = None  # a plain dict: never registered as submodules
     active_hypernetwork: str | None = None
 
     def __init__(
@@ -301,6 +301,25 @@ class HyperLoraModel(BaseTuner):
         if self._lora_layer_cache is None:
             self._lora_layer_cache = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
         return self._lora_layer_cache
+
+    @property
+    def _hotswap_view(self) -> nn.ModuleDict:
+        """The targeted LoRA layers under their paths inside the decoder layer list (`3.mlp.down_proj`), as nested
+        `ModuleDict`s holding the model's own modules (nothing is copied; not registered as a submodule)."""
+        if self._hotswap_views is None:
+            self._hotswap_views = {}
+        if self.active_hypernetwork not in self._hotswap_views:
+            view = nn.ModuleDict()
+            for target in self.hypernetwork.targets:
+                *parents, leaf = _key_in_decoder_layers(target.name).split(".")
+                node = view
+                for part in parents:
+                    if part not in node:
+                        node[part] = nn.ModuleDict()
+                    node = node[part]
+                node[leaf] = self.model.get_submodule(target.name)
+            self._hotswap_views[self.active_hypernetwork] = view
+        return self._hotswap_views[self.active_hypernetwork]
 
     def _set_generated_adapters_enabled(self, enabled: bool) -> None:
         # Generated adapters are always frozen, so only the switch is flipped: PEFT's `enable_adapters(True)` would
@@ -492,12 +511,12 @@ class HyperLoraModel(BaseTuner):
         lora_config = self.lora_config
         if adapter_name in self.generated_adapters:
             self._check_hotswap_name(adapter_name)
-            # PEFT's hotswap, scoped to the text decoder's layers (every target lives there), so that it does not walk
-            # the whole VLM's state dict: keys "<layer>.<module>.lora_A.weight" relative to that layer list.
+            # PEFT's hotswap, given a view of the targeted LoRA layers only, so that it does not walk the whole VLM's
+            # state dict and modules: keys "<layer>.<module>.lora_A.<name>.weight" relative to that view.
             scoped = {_key_in_decoder_layers(key): value for key, value in state_dict.items()}
             named = _insert_adapter_name_into_state_dict(scoped, adapter_name=adapter_name, parameter_prefix="lora_")
             hotswap_adapter_from_state_dict(
-                text_decoder_layers(self.model), named, adapter_name, self._lora_model.peft_config[adapter_name]
+                self._hotswap_view, named, adapter_name, self._lora_model.peft_config[adapter_name]
             )
         else:
             if self._lora_model is None:
