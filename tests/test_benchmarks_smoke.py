@@ -1,0 +1,146 @@
+"""Smoke tests of the benchmark scripts in benchmarks/: each runs on the tiny SmolVLM with one repeat and writes JSON
+with the expected fields. No timing assertions (timings are machine-dependent)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """The scripts set torch's thread count and transformers' verbosity; restore them for the rest of the session."""
+    import torch
+    import transformers
+
+    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    yield
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity(verbosity)
+
+
+def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(name: str, argv: list[str], out: Path, monkeypatch) -> dict:
+    module = _load(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv, "--out", str(out)])
+    module.main()
+    return json.loads(out.read_text())
+
+
+COMMON = ["--arch", "tiny", "--repeats", "1", "--device", "cpu", "--threads", "1"]
+
+
+def _check_machine(data: dict) -> None:
+    for key in ("nproc", "cpu_model", "torch", "torch_threads", "device", "loadavg_start", "loadavg_end"):
+        assert key in data["machine"], key
+
+
+def test_ttft(tmp_path, monkeypatch):
+    data = _run(
+        "ttft",
+        [*COMMON, "--frames", "2", "4", "--cheap-repeats", "1", "--max-video-frames", "tiny=2"],
+        tmp_path / "ttft.json",
+        monkeypatch,
+    )
+    _check_machine(data)
+    assert data["benchmark"] == "ttft"
+    points = {p["frames"]: p for p in data["points"]}
+    assert set(points) == {2, 4}
+    for key in ("visual_tokens", "prompt_tokens", "text_s", "adapter_s", "merged_s", "adapter_over_text"):
+        assert points[2][key] is not None, key
+    assert points[2]["video_median_s"] > 0 and points[2]["speedup_vs_adapter"] > 0
+    assert points[4]["visual_tokens"] > points[2]["visual_tokens"]
+    assert "video_skipped" in points[4] and points[4]["video_median_s"] is None
+    shared = data["archs"][0]["shared"]
+    assert shared["lora_layers"] > 0 and shared["lora_layers_before"] == 0
+
+    plot = _load("plot_ttft")
+    png = plot.plot([tmp_path / "ttft.json"], tmp_path / "ttft.png")
+    assert png.stat().st_size > 1000
+
+
+def test_internalize_cost(tmp_path, monkeypatch):
+    data = _run("internalize_cost", [*COMMON, "--frames", "2"], tmp_path / "ic.json", monkeypatch)
+    _check_machine(data)
+    (point,) = data["points"]
+    for stage in ("decode", "processor", "vision", "text", "hypernet", "export"):
+        assert point[f"{stage}_s"] >= 0, stage
+    for key in (
+        "internalize_s",
+        "forward_total_s",
+        "body_total_s",
+        "ratio_vs_forward",
+        "ratio_vs_body",
+        "hypernet_fraction",
+        "peak_internalize_mib",
+        "peak_forward_mib",
+        "goal_1_15x_met",
+    ):
+        assert key in point, key
+    total = sum(point[f"{s}_s"] for s in ("decode", "processor", "vision", "text", "hypernet", "export"))
+    assert total == pytest.approx(point["internalize_s"], rel=1e-6)
+
+
+def test_amortization(tmp_path, monkeypatch):
+    data = _run("amortization", [*COMMON, "--frames", "2", "--questions", "2"], tmp_path / "am.json", monkeypatch)
+    _check_machine(data)
+    (point,) = data["points"]
+    for key in (
+        "video_prefix_median_s",
+        "question_over_cache_median_s",
+        "internalize_median_s",
+        "adapter_query_median_s",
+        "in_context_query_s",
+        "break_even_vs_in_context",
+        "break_even_vs_prefix_cache",
+        "kv_cache_mib",
+        "adapter_mib",
+    ):
+        assert key in point, key
+    assert point["prefix_tokens"] < point["prompt_tokens"]
+    assert [row["K"] for row in point["rows"]][:3] == [1, 2, 3]
+
+
+def test_adapter_swap(tmp_path, monkeypatch):
+    data = _run("adapter_swap", [*COMMON, "--resident", "2"], tmp_path / "sw.json", monkeypatch)
+    _check_machine(data)
+    (point,) = data["points"]
+    ops = point["ops"]
+    for key in ("set_adapter", "hotswap", "disk_hotswap", "new_name", "merged_switch"):
+        assert ops[key]["ms"]["median"] > 0, key
+    # Hotswap and set_adapter never re-inject; a new name adds a slot to every LoRA layer.
+    for key in ("set_adapter", "hotswap", "disk_hotswap"):
+        assert ops[key]["replaced_modules"] == 0 and ops[key]["new_slots"] == 0 and ops[key]["new_modules"] == 0
+    assert ops["new_name"]["new_slots"] == point["lora_layers"]
+    assert "goal_10ms_met" in point
+
+
+def test_memory_vs_frames(tmp_path, monkeypatch):
+    data = _run(
+        "memory_vs_frames",
+        [*COMMON, "--frames", "2", "--modes", "stream", "hidden_states", "--in-process", "--text-layers", "2"],
+        tmp_path / "mem.json",
+        monkeypatch,
+    )
+    _check_machine(data)
+    modes = {p["mode"] for p in data["points"]}
+    assert modes == {"stream", "hidden_states"}
+    for point in data["points"]:
+        assert point["peak_mib"] >= 0 and "vision" in point["phase_peak_mib"]
+        assert point["text_layers"] == 2
+    (row,) = data["rows"]
+    assert "stream_mib" in row and "hidden_states_mib" in row
