@@ -106,19 +106,18 @@ def run_arch(args, arch: str, work: Path) -> dict:
     from peft.utils.hotswap import hotswap_adapter_from_state_dict
     from peft.utils.save_and_load import _insert_adapter_name_into_state_dict
 
-    from peft_hyper.lora import PEFT_MODEL_PREFIX
-
-    def local_named(sd):
-        local = {"model." + k.removeprefix(PEFT_MODEL_PREFIX): v for k, v in sd.items()}
+    def local_named(sd):  # keys relative to the view of the targeted LoRA layers that peft-hyper hot-swaps through
+        local = {k.split("text_model.layers.", 1)[1]: v for k, v in sd.items()}
         return _insert_adapter_name_into_state_dict(local, adapter_name=names[0], parameter_prefix="lora_")
 
     named = [local_named(sd) for sd in adapters[1:]]
-    lora = tuner._lora_model
+    view = tuner._hotswap_view
+    config = tuner._lora_model.peft_config[names[0]]
 
     def peft_hotswap_only(r):
-        hotswap_adapter_from_state_dict(lora, named[r % n], names[0], lora.peft_config[names[0]])
+        hotswap_adapter_from_state_dict(view, named[r % n], names[0], config)
 
-    slot_params = {key: lora.get_parameter(key) for key in named[0]}
+    slot_params = {key: view.get_parameter(key) for key in named[0]}
 
     def direct_copy(r):
         with torch.no_grad():
