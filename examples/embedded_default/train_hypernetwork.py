@@ -1,0 +1,129 @@
+"""Train the embedded default's Frames2LoRA hypernetwork on the frozen synthetic-world base VLM, and ship it.
+
+    python examples/embedded_default/train_hypernetwork.py \
+        --base examples/embedded_default/base_vlm --output src/peft_hyper/checkpoints/frames2lora-synthetic
+
+Writes real mp4 clips of the synthetic world with torchcodec, trains with `HyperLoraTrainer` (video → adapter; the
+student answers with the adapter and no video in context), and saves a self-contained checkpoint: the hypernetwork
+(`adapter_model.safetensors`, `adapter_config.json`), the processor, a model card, and the base VLM under `base/`
+(named `peft_hyper://checkpoints/<name>/base` in the config so it resolves wherever the package is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from transformers import AutoProcessor, SmolVLMForConditionalGeneration, TrainingArguments
+
+import peft_hyper
+from peft_hyper.config import PACKAGE_PATH_PREFIX
+from peft_hyper.synthetic import make_dataset
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="examples/embedded_default/base_vlm")
+    parser.add_argument("--output", default="src/peft_hyper/checkpoints/frames2lora-synthetic")
+    parser.add_argument("--workdir", default="outputs/hypernetwork")
+    parser.add_argument("--train_clips", type=int, default=1200)
+    parser.add_argument("--num_frames", type=int, default=12)
+    parser.add_argument("--size", type=int, default=64, help="rendered frame size (px)")
+    parser.add_argument("--max_steps", type=int, default=1500)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--objective", default="ce+kl", choices=["ce", "kl", "ce+kl"])
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--latent_dim", type=int, default=128)
+    parser.add_argument("--num_blocks", type=int, default=3)
+    parser.add_argument("--target_modules", default=r".*text_model\.layers\.\d+\.(mlp\.down_proj|self_attn\.o_proj)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    workdir = Path(args.workdir)
+    start = time.perf_counter()
+
+    train = make_dataset(
+        args.train_clips,
+        seed=args.seed,
+        num_frames=args.num_frames,
+        size=args.size,
+        video_dir=workdir / "train_videos",
+        split="train",
+    )
+    train = train.filter(lambda row: row["task_type"] != "caption")
+    print(f"{len(train)} training rows from {args.train_clips} clips ({time.perf_counter() - start:.0f}s)")
+
+    vlm = SmolVLMForConditionalGeneration.from_pretrained(args.base).eval()
+    config = peft_hyper.HyperLoraConfig(
+        r=args.rank,
+        target_modules=args.target_modules,
+        latent_dim=args.latent_dim,
+        num_latents=8,
+        num_blocks=args.num_blocks,
+        num_heads=4,
+        head_dim=32,
+        num_frames=args.num_frames,
+        init_scale_b=0.0,
+    )
+    model = get_peft_model(vlm, config)
+    model.base_model.set_processor(AutoProcessor.from_pretrained(args.base))
+    model.print_trainable_parameters()
+
+    training_args = TrainingArguments(
+        output_dir=str(workdir / "run"),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(100, args.max_steps // 10),
+        weight_decay=0.0,
+        logging_steps=50,
+        save_steps=500,
+        save_total_limit=1,
+        report_to=[],
+        seed=args.seed,
+        dataloader_num_workers=0,
+        use_cpu=True,
+    )
+    trainer = peft_hyper.HyperLoraTrainer(
+        model=model, args=training_args, train_dataset=train, objective=args.objective, kl_top_k=None
+    )
+    trainer.train(resume_from_checkpoint=True if any((workdir / "run").glob("checkpoint-*")) else None)
+    train_minutes = (time.perf_counter() - start) / 60
+
+    output = Path(args.output)
+    if output.exists():
+        shutil.rmtree(output)
+    model.save_pretrained(output, selected_adapters=["default"])
+    shutil.copytree(args.base, output / "base")
+    package = Path(peft_hyper.__file__).resolve().parent
+    config_path = output / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    if output.resolve().is_relative_to(package):  # shipped inside the package: a path that survives installation
+        relative = output.resolve().relative_to(package).as_posix()
+        saved["base_model_name_or_path"] = f"{PACKAGE_PATH_PREFIX}{relative}/base"
+    else:
+        saved["base_model_name_or_path"] = str((output / "base").resolve())
+    config_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
+    trainer.create_model_card(model_name=output.name, dataset_name=None, tags=["synthetic"])
+    shutil.copy(Path(training_args.output_dir) / "README.md", output / "README.md")
+    print(
+        f"saved {output} ({sum(f.stat().st_size for f in output.rglob('*') if f.is_file()) / 2**20:.1f} MiB); "
+        f"total {train_minutes:.1f} min"
+    )
+
+
+if __name__ == "__main__":
+    main()

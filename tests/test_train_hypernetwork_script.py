@@ -1,0 +1,49 @@
+"""The embedded default's hypernetwork script end to end on the tiny model: train a few steps, ship a self-contained
+checkpoint (hypernetwork + processor + card + base/) that AutoPeftModel loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "embedded_default" / "train_hypernetwork.py"
+
+
+def test_train_hypernetwork_ships_a_loadable_checkpoint(tiny_base_dir, clips, tmp_path):
+    output = tmp_path / "ckpt"
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--base",
+        tiny_base_dir,
+        "--output",
+        str(output),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--train_clips",
+        "4",
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "2",
+        "--size",
+        "32",
+        "--num_frames",
+        "4",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "processor_config.json", "base"} <= {
+        p.name for p in output.iterdir()
+    }
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((output / "base").resolve())
+
+    from peft import AutoPeftModel
+
+    import peft_hyper  # noqa: F401
+
+    model = AutoPeftModel.from_pretrained(output)
+    assert len(model.generate_adapter(clips[0])) == 2 * len(model.base_model.hypernetwork.targets)
