@@ -48,17 +48,6 @@ def _text_inputs(model: Any, question: str) -> dict[str, Any]:
     return {k: v.to(model.device) for k, v in processor(text=[prompt], return_tensors="pt").items()}
 
 
-def _video_inputs(model: Any, video: Any, question: str) -> dict[str, Any]:
-    from .hidden_states import build_video_inputs
-
-    tuner = model.base_model
-    batch = build_video_inputs(tuner.processor, [video], question, tuner.hyper_config.video_size, True)
-    param = next(tuner.model.parameters())
-    inputs = {k: v.to(param.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")}
-    inputs["pixel_values"] = inputs["pixel_values"].to(param.dtype)
-    return inputs
-
-
 def _answer(generate: Any, inputs: dict[str, Any], processor: Any, max_new_tokens: int) -> tuple[str, float, int]:
     """(answer, time to first token in seconds, visual tokens in context)."""
     import torch
@@ -105,7 +94,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if args.compare:
             with model.base_model.generated_adapters_disabled():
                 answer, ttft, visual = _answer(
-                    tuner.model.generate, _video_inputs(model, video, question), processor, args.max_new_tokens
+                    tuner.model.generate, tuner.video_inputs([video], question, True), processor, args.max_new_tokens
                 )
                 row["in_context"] = {"answer": answer, "ttft_s": ttft, "visual_tokens": visual}
                 answer, ttft, visual = _answer(

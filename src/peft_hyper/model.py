@@ -417,10 +417,19 @@ class HyperLoraModel(BaseTuner):
         items = list(video) if batched else [video]
         return [load_video(v, num_frames=num_frames, fps=fps) for v in items], batched
 
-    def video_inputs(self, videos: Sequence[Video], prompt: str | None = None) -> dict[str, torch.Tensor]:
-        """Processor inputs for the hypernetwork's forward over `videos`, on the model's device and dtype."""
+    def video_inputs(
+        self,
+        videos: Sequence[Video],
+        prompt: str | Sequence[str] | None = None,
+        add_generation_prompt: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Processor inputs for `videos` followed by `prompt` (default: the internalization instruction, for the
+        hypernetwork's forward; a question with `add_generation_prompt` for video-in-context answers), on the model's
+        device and dtype."""
         config = self.hyper_config
-        batch = build_video_inputs(self.processor, videos, prompt or config.internalize_prompt, config.video_size)
+        batch = build_video_inputs(
+            self.processor, videos, prompt or config.internalize_prompt, config.video_size, add_generation_prompt
+        )
         param = next(self.model.parameters())
         inputs = {}
         for name in _MODEL_INPUT_NAMES:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from ..data import load_manifest
 from ..errors import PeftHyperError
-from ..hidden_states import build_video_inputs
 from ..video import Video, load_video
 from .metrics import JudgeFn, load_metric, per_item_scores
 from .report import BenchmarkResult, EvaluationResults, ReportFiles, write_report
@@ -362,16 +361,7 @@ def _generate_with_video(model: Any, clips: Sequence[Video], prompts: Sequence[s
     tuner = model.base_model
     processor = tuner.processor
     with _left_padding(processor):
-        batch = build_video_inputs(
-            processor, clips, prompts, tuner.hyper_config.video_size, add_generation_prompt=True
-        )
-    param = next(tuner.model.parameters())
-    inputs = {
-        k: v.to(param.device)
-        for k, v in batch.items()
-        if k in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
-    }
-    inputs["pixel_values"] = inputs["pixel_values"].to(param.dtype)
+        inputs = tuner.video_inputs(clips, prompts, add_generation_prompt=True)
     with torch.no_grad():
         output = tuner.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return _decode_new_tokens(processor, output, inputs["input_ids"].shape[1])
@@ -419,6 +409,3 @@ def _compare(
         )
         for name in candidate
     }
-
-
-JudgeFactory = Callable[[], JudgeFn]
