@@ -369,3 +369,25 @@ def test_package_relative_base_model_paths_resolve_inside_the_installed_package(
     expected = os.path.join(os.path.dirname(peft_hyper.__file__), "checkpoints", "some", "base")
     assert config.base_model_name_or_path == expected
     assert HyperLoraConfig(base_model_name_or_path="org/model").base_model_name_or_path == "org/model"
+
+
+def test_delete_adapter_and_several_active_adapters(hyper_model, clips):
+    inputs = text_inputs(hyper_model)
+    base = logits(hyper_model, inputs)
+    hyper_model.internalize(clips[0], adapter_name="first")
+    first = logits(hyper_model, inputs)
+    hyper_model.internalize(clips[1], adapter_name="second")
+    hyper_model.base_model.set_adapter(["first", "second"])  # both applied: their deltas add up
+    both = logits(hyper_model, inputs)
+    assert not torch.allclose(both, first)
+    with hyper_model.disable_adapter():
+        torch.testing.assert_close(logits(hyper_model, inputs), base, rtol=0, atol=0)
+    torch.testing.assert_close(logits(hyper_model, inputs), both, rtol=0, atol=0)
+    hyper_model.set_adapter("first")
+    hyper_model.delete_adapter("second")
+    assert hyper_model.base_model.generated_adapters == ["first"] and "second" not in hyper_model.peft_config
+    torch.testing.assert_close(logits(hyper_model, inputs), first, rtol=0, atol=0)
+    hyper_model.delete_adapter("first")  # the active one: back to the hypernetwork, no adapter applied
+    torch.testing.assert_close(logits(hyper_model, inputs), base, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="only hypernetwork"):
+        hyper_model.base_model.delete_adapter("default")

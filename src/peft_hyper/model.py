@@ -283,7 +283,7 @@ class HyperLoraModel(BaseTuner):
             self.set_adapter(self.active_hypernetwork)
 
     def enable_adapter_layers(self) -> None:
-        if self.active_adapter not in self.hypernetworks:
+        if self._as_list(self.active_adapter) != [self.active_hypernetwork]:  # generated adapter(s) are active
             self._set_generated_adapters_enabled(True)
 
     def disable_adapter_layers(self) -> None:
