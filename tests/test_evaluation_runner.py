@@ -118,10 +118,12 @@ def test_shuffled_control_uses_another_video(checkpoint, clips, tiny_base_dir):
         margin=0.1,
         controls=["shuffled"],
         frames=[2],
+        sizes=[None, 24],
         max_new_tokens=2,
         progress=False,
     )
-    assert set(run.predictions) == {"in_context@2", "adapter@2", "shuffled@2"}
+    assert set(run.predictions) == {"in_context@2", "adapter@2", "shuffled@2", "in_context@2@24px", "adapter@2@24px"}
+    assert set(run.results.benchmarks[0].comparisons) == {"adapter", "shuffled", "adapter@24px"}
 
 
 def test_mixed_batch_applies_adapters_while_the_hypernetwork_is_active(checkpoint, clips):

@@ -151,12 +151,10 @@ def evaluate_adapters(
         output.mkdir(parents=True, exist_ok=True)
     tuner = model.base_model
     model_key = str(tuner.hyper_config.base_model_name_or_path) + f"|{max_new_tokens}"
-    model_key += (
-        "|"
-        + hashlib.sha1(
-            b"".join(p.detach().cpu().numpy().tobytes()[:4096] for p in tuner.hypernetwork.parameters())
-        ).hexdigest()
+    fingerprint = b"".join(
+        p.detach().flatten()[:1024].cpu().numpy().tobytes() for p in tuner.hypernetwork.parameters()
     )
+    model_key += "|" + hashlib.sha1(fingerprint).hexdigest()
     cache = _PredictionCache(output / "predictions.jsonl" if output else None, model_key)
     model.eval()
 
@@ -196,6 +194,15 @@ def evaluate_adapters(
             )
             for condition in ("adapter", *controls)
         }
+        for size in sizes[1:]:  # resolution sweep: adapter vs in-context, both at that size
+            comparisons[f"adapter@{size}px"] = _compare(
+                scores[_run_key("adapter", frames[0], size)],
+                scores[_run_key(BASELINE, frames[0], size)],
+                margin,
+                alpha,
+                n_bootstrap,
+                seed,
+            )
         by_frames = {}
         if len(frames) > 1:
             for num_frames in frames:
