@@ -474,7 +474,12 @@ def evaluate_packed(
             ]
             if video_mode:
                 segments.append(
-                    (packer.question_ids(S.CAPTION_PROMPT), packer.answer_ids(S.caption(spec)), 1.0, ("caption", "caption"))
+                    (
+                        packer.question_ids(S.CAPTION_PROMPT),
+                        packer.answer_ids(S.caption(spec)),
+                        1.0,
+                        ("caption", "caption"),
+                    )
                 )
                 video = (
                     videos[start + j]
@@ -482,7 +487,10 @@ def evaluate_packed(
                     else render_video(spec, src, args.num_frames, args.image_size)
                 )
                 rows.append(
-                    (packer.prefix(src, args.num_frames) if videos is None else video_prefix_for(packer, video), segments)
+                    (
+                        packer.prefix(src, args.num_frames) if videos is None else video_prefix_for(packer, video),
+                        segments,
+                    )
                 )
                 pixels.append(packer.pixels(video.frames))
             else:
@@ -582,8 +590,12 @@ def check_packing(model, packer: Packer, args) -> float:
 _COLOUR_NAMES = list(S.COLOURS)
 _BACKGROUND_NAMES = list(S.BACKGROUNDS)
 # Per-patch heads: colour (6 + background), shape (3 + none), size (2 + none), background (4), patch row, patch col.
-_PATCH_HEADS = {"colour": len(_COLOUR_NAMES) + 1, "shape": len(S.SHAPES) + 1, "size": len(S.SIZES) + 1,
-                "background": len(_BACKGROUND_NAMES)}
+_PATCH_HEADS = {
+    "colour": len(_COLOUR_NAMES) + 1,
+    "shape": len(S.SHAPES) + 1,
+    "size": len(S.SIZES) + 1,
+    "background": len(_BACKGROUND_NAMES),
+}
 
 
 def patch_labels(spec: S.ClipSpec, frames: torch.Tensor, patch: int) -> dict[str, torch.Tensor]:
@@ -642,7 +654,9 @@ def pretrain_vision(model, packer: Packer, args) -> dict[str, float]:
             loss = loss + F.cross_entropy(logit.flatten(0, 1), target.flatten())
             running[name] += (logit.argmax(-1) == target).float().mean().item()
         for group in optimizer.param_groups:
-            group["lr"] = args.vision_lr * min(1.0, (step + 1) / 50) * (0.5 + 0.5 * math.cos(math.pi * step / args.vision_steps))
+            group["lr"] = (
+                args.vision_lr * min(1.0, (step + 1) / 50) * (0.5 + 0.5 * math.cos(math.pi * step / args.vision_steps))
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
@@ -650,8 +664,11 @@ def pretrain_vision(model, packer: Packer, args) -> dict[str, float]:
         running["loss"] += loss.item()
         if (step + 1) % 50 == 0:
             stats = {k: v / 50 for k, v in running.items()}
-            log(f"vision step {step + 1} " + " ".join(f"{k}={v:.3f}" for k, v in stats.items())
-                + f" ({time.time() - t0:.0f}s)")
+            log(
+                f"vision step {step + 1} "
+                + " ".join(f"{k}={v:.3f}" for k, v in stats.items())
+                + f" ({time.time() - t0:.0f}s)"
+            )
             running.clear()
     return {"vision_steps": args.vision_steps, "vision_pretrain_min": round((time.time() - t0) / 60, 2)}
 
