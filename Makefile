@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/frames2lora demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

@@ -126,6 +126,47 @@ def test_shuffled_control_uses_another_video(checkpoint, clips, tiny_base_dir):
     assert set(run.results.benchmarks[0].comparisons) == {"adapter", "shuffled", "adapter@24px"}
 
 
+def test_questions_about_one_clip_share_one_generated_adapter(checkpoint, clips):
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    tuner = model.base_model
+    prompts = ["what colour is it?", "which way does it move?", "how many?"]
+    items = [
+        runner.EvalItem(id=f"{c}-{q}", video=clip, prompt=prompt, references=["x"])
+        for c, clip in enumerate(clips[:2])
+        for q, prompt in enumerate(prompts)
+    ]
+    generated = []
+    original = tuner.generate_adapter
+
+    def counting(videos, *args, **kwargs):
+        generated.append(len(videos))
+        return original(videos, *args, **kwargs)
+
+    tuner.generate_adapter = counting
+    cache = runner._PredictionCache(None, "m")
+    shared = runner._predict(
+        model, items, {i.id: i.video for i in items}, "adapter", 2, None, cache, 3, 6, 0, progress=False
+    )
+    assert generated == [2]  # six questions, two videos: two adapters, one hypernetwork call
+    for item in items:  # the same answers as internalizing for each question alone
+        single = runner._predict(
+            model,
+            [item],
+            {item.id: item.video},
+            "adapter",
+            2,
+            None,
+            runner._PredictionCache(None, "m"),
+            3,
+            1,
+            0,
+            progress=False,
+        )
+        assert single[item.id] == shared[item.id]
+
+
 def test_mixed_batch_applies_adapters_while_the_hypernetwork_is_active(checkpoint, clips):
     import torch
     from peft import AutoPeftModel
@@ -193,3 +234,33 @@ def test_ask_and_internalize_commands(checkpoint, clips, tmp_path, capsys):
     assert "load_adapter_s" in from_adapter
     assert cli_main(["--model", checkpoint, "ask", str(tmp_path / "nope.mp4"), "q"]) == 2
     assert "No video file" in capsys.readouterr().err
+
+
+def test_retrained_hypernetwork_reuses_base_only_predictions(checkpoint, clips, tmp_path, monkeypatch):
+    import torch
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    items = [runner.EvalItem(id=str(i), video=clip, prompt="what?", references=["x"]) for i, clip in enumerate(clips)]
+    kwargs = dict(metrics=["exact_match"], margin=0.1, controls=["no_video"], frames=[2], max_new_tokens=2)
+    evaluate_adapters(model, items, output_dir=tmp_path, progress=False, **kwargs)
+
+    with torch.no_grad():  # "retrain" the hypernetwork
+        for parameter in model.base_model.hypernetwork.parameters():
+            parameter.add_(0.05)
+    calls = {"video": 0, "adapter": 0}
+
+    def no_video_generation(*args, **kw):
+        calls["video"] += 1
+        raise AssertionError("in-context predictions should come from the cache")
+
+    original = model.base_model.generate_adapter
+
+    def counting(videos, *args, **kw):
+        calls["adapter"] += 1
+        return original(videos, *args, **kw)
+
+    monkeypatch.setattr(runner, "_generate_with_video", no_video_generation)
+    monkeypatch.setattr(model.base_model, "generate_adapter", counting)
+    evaluate_adapters(model, items, output_dir=tmp_path, progress=False, **kwargs)
+    assert calls == {"video": 0, "adapter": 1}  # adapter predictions are recomputed, base-only ones are not

@@ -1,5 +1,6 @@
 """The `frames2lora` command: internalize a video, ask questions adapter-only, evaluate against video-in-context.
 
+frames2lora demo                                      # the shipped sample clip, all three conditions, vs truth
 frames2lora ask VIDEO "question" ... [--compare] [--json]
 frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the video is not touched
 frames2lora internalize VIDEO -o DIR
@@ -15,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 DEFAULT_MODEL_ENV = "FRAMES2LORA_MODEL"
 
@@ -62,15 +65,23 @@ def _answer(generate: Any, inputs: dict[str, Any], processor: Any, max_new_token
     return answer, ttft, visual
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
+def ask(
+    model: Any,
+    source: str | Path,
+    questions: list[str],
+    compare: bool = False,
+    frames: int | None = None,
+    max_new_tokens: int = 16,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Internalize `source` (a video, or a dir written by `frames2lora internalize`) and answer `questions`
+    adapter-only; with `compare`, also with the video in context and with no video. Returns (timings, rows)."""
     from safetensors.torch import load_file
 
     from .video import load_video
 
-    model = load_model(args.model)
     tuner = model.base_model
     processor = tuner.processor
-    source = Path(args.source)
+    source = Path(source)
     from_adapter = source.is_dir() and (source / "adapter_model.safetensors").is_file()
     timings: dict[str, float] = {}
     if from_adapter:
@@ -80,44 +91,84 @@ def cmd_ask(args: argparse.Namespace) -> int:
         video = None
     else:
         start = time.perf_counter()
-        video = load_video(args.source, num_frames=args.frames or tuner.hyper_config.num_frames)
+        video = load_video(source, num_frames=frames or tuner.hyper_config.num_frames)
         tuner.internalize(video, adapter_name="video")
         timings["internalize_s"] = time.perf_counter() - start
-    if args.compare and video is None:
+    if compare and video is None:
         raise SystemExit("error: --compare needs a video (the in-context answer reads it), not an adapter dir.")
 
     rows = []
-    for question in args.questions:
+    for question in tqdm(questions, desc="questions", disable=len(questions) < 4, leave=False):
         row: dict[str, Any] = {"question": question}
-        answer, ttft, visual = _answer(model.generate, _text_inputs(model, question), processor, args.max_new_tokens)
+        answer, ttft, visual = _answer(model.generate, _text_inputs(model, question), processor, max_new_tokens)
         row["adapter"] = {"answer": answer, "ttft_s": ttft, "visual_tokens": visual}
-        if args.compare:
-            with model.base_model.generated_adapters_disabled():
+        if compare:
+            with tuner.generated_adapters_disabled():
                 answer, ttft, visual = _answer(
-                    tuner.model.generate, tuner.video_inputs([video], question, True), processor, args.max_new_tokens
+                    tuner.model.generate, tuner.video_inputs([video], question, True), processor, max_new_tokens
                 )
                 row["in_context"] = {"answer": answer, "ttft_s": ttft, "visual_tokens": visual}
                 answer, ttft, visual = _answer(
-                    tuner.model.generate, _text_inputs(model, question), processor, args.max_new_tokens
+                    tuner.model.generate, _text_inputs(model, question), processor, max_new_tokens
                 )
                 row["no_video"] = {"answer": answer, "ttft_s": ttft, "visual_tokens": visual}
         rows.append(row)
+    return timings, rows
 
-    if args.json:
-        print(json.dumps({"source": str(args.source), **timings, "answers": rows}, indent=2))
-        return 0
+
+def print_table(timings: dict[str, float], rows: list[dict[str, Any]]) -> None:
+    """Side-by-side table: per question and condition, visual tokens in context, TTFT and the answer."""
     for name, seconds in timings.items():
         print(f"{name.removesuffix('_s').replace('_', ' ')}: {seconds:.2f}s")
     conditions = [c for c in ("adapter", "in_context", "no_video") if c in rows[0]]
-    header = f"{'question':<40} {'condition':<11} {'visual tok':>10} {'TTFT':>8}  answer"
-    print(header + "\n" + "-" * len(header))
+    truth = "truth" in rows[0]
+    width = min(64, max(len("question"), *(len(row["question"]) for row in rows)))
+    header = f"{'question':<{width}} {'condition':<11} {'visual tok':>10} {'TTFT':>8}  answer"
+    print(header + ("  (truth)" if truth else "") + "\n" + "-" * (len(header) + (9 if truth else 0)))
     for row in rows:
-        for condition in conditions:
+        for index, condition in enumerate(conditions):
             cell = row[condition]
-            print(
-                f"{row['question'][:40]:<40} {condition:<11} {cell['visual_tokens']:>10} "
-                f"{cell['ttft_s'] * 1000:>6.0f}ms  {cell['answer']}"
+            line = (
+                f"{row['question'][:width] if index == 0 else '':<{width}} {condition:<11} "
+                f"{cell['visual_tokens']:>10} {cell['ttft_s'] * 1000:>6.0f}ms  {cell['answer']}"
             )
+            if truth:
+                line += f"  ({'ok' if cell['answer'] == row['truth'] else 'expected ' + row['truth']})"
+            print(line)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    timings, rows = ask(model, args.source, args.questions, args.compare, args.frames, args.max_new_tokens)
+    if args.json:
+        print(json.dumps({"source": str(args.source), **timings, "answers": rows}, indent=2))
+    else:
+        print_table(timings, rows)
+    return 0
+
+
+def sample_clip() -> tuple[Path, dict[str, Any]]:
+    """The sample clip shipped with the package (a held-out synthetic-world clip) and its ground truth."""
+    folder = Path(__file__).parent / "samples"
+    return folder / "synthetic_clip.mp4", json.loads((folder / "synthetic_clip.json").read_text(encoding="utf-8"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    video, truth = sample_clip()
+    model = load_model(args.model)
+    qas = truth["questions"]
+    timings, rows = ask(model, video, [qa["question"] for qa in qas], compare=True)
+    for row, qa in zip(rows, qas, strict=True):
+        row["truth"] = qa["answer"]
+    if args.json:
+        print(json.dumps({"source": str(video), "caption": truth["caption"], **timings, "answers": rows}, indent=2))
+        return 0
+    print(f"video: {video} ({truth['num_frames']} frames, {truth['size']}px)")
+    print(f"caption (ground truth): {truth['caption']}")
+    print_table(timings, rows)
+    for condition in ("adapter", "in_context", "no_video"):
+        correct = sum(row[condition]["answer"] == row["truth"] for row in rows)
+        print(f"{condition:<11} {correct}/{len(rows)} correct")
     return 0
 
 
@@ -160,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frames2lora", description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="Frames2LoRA checkpoint dir or Hub id (default: the embedded checkpoint)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the shipped sample clip: adapter vs in-context vs no video, against truth")
+    demo.add_argument("--json", action="store_true", help="machine-readable output")
+    demo.set_defaults(func=cmd_demo)
 
     ask = sub.add_parser("ask", help="internalize a video (or load a saved adapter) and answer questions")
     ask.add_argument("source", help="a video file, or a directory written by `frames2lora internalize`")

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 BASELINE = "in_context"
 CONTROLS = ("no_video", "bias_only", "shuffled")
+BASE_ONLY_CONDITIONS = (BASELINE, "no_video")  # answered by the base VLM alone
 ALL_CONDITIONS = (BASELINE, "adapter", *CONTROLS)
 
 
@@ -97,10 +98,15 @@ def load_eval_items(data: str | Path | Any, split: str = "test") -> list[EvalIte
 
 
 class _PredictionCache:
-    """JSONL cache of predictions keyed by (model, condition, frames, size, item, prompt)."""
+    """JSONL cache of predictions keyed by (model, condition, frames, size, item, prompt).
 
-    def __init__(self, path: Path | None, model_key: str) -> None:
-        self.path, self.model_key = path, model_key
+    `model_key` identifies the base VLM (and the generation settings); `hypernetwork_key` the hypernetwork. Conditions
+    that never use the hypernetwork (`in_context`, `no_video`) are keyed on the base alone, so a retrained
+    hypernetwork reuses their predictions.
+    """
+
+    def __init__(self, path: Path | None, model_key: str, hypernetwork_key: str = "") -> None:
+        self.path, self.model_key, self.hypernetwork_key = path, model_key, hypernetwork_key
         self.entries: dict[str, str] = {}
         if path is not None and path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -108,7 +114,8 @@ class _PredictionCache:
                 self.entries[entry["key"]] = entry["prediction"]
 
     def key(self, condition: str, frames: int, size: int | None, item: EvalItem) -> str:
-        raw = json.dumps([self.model_key, condition, frames, size, item.id, item.prompt, str(item.video)])
+        model_key = self.model_key if condition in BASE_ONLY_CONDITIONS else self.model_key + self.hypernetwork_key
+        raw = json.dumps([model_key, condition, frames, size, item.id, item.prompt, str(item.video)])
         return hashlib.sha1(raw.encode()).hexdigest()
 
     def add(self, key: str, prediction: str) -> None:
@@ -150,12 +157,12 @@ def evaluate_adapters(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     tuner = model.base_model
-    model_key = str(tuner.hyper_config.base_model_name_or_path) + f"|{max_new_tokens}"
-    fingerprint = b"".join(
-        p.detach().flatten()[:1024].cpu().numpy().tobytes() for p in tuner.hypernetwork.parameters()
+    cache = _PredictionCache(
+        output / "predictions.jsonl" if output else None,
+        f"{_fingerprint(p for n, p in tuner.model.named_parameters() if 'lora_' not in n and 'hypernet' not in n)}"
+        f"|{max_new_tokens}",
+        "|" + _fingerprint(tuner.hypernetwork.parameters()),
     )
-    model_key += "|" + hashlib.sha1(fingerprint).hexdigest()
-    cache = _PredictionCache(output / "predictions.jsonl" if output else None, model_key)
     model.eval()
 
     videos, excluded = _load_videos(items, max(frames))
@@ -241,6 +248,15 @@ def evaluate_adapters(
     return run
 
 
+def _fingerprint(parameters: Iterable[torch.Tensor]) -> str:
+    """A cheap identity of a set of weights: a hash of the first 1,024 values of each tensor, and of its shape."""
+    digest = hashlib.sha1()
+    for parameter in parameters:
+        digest.update(str(tuple(parameter.shape)).encode())
+        digest.update(parameter.detach().flatten()[:1024].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _run_key(condition: str, frames: int, size: int | None) -> str:
     return f"{condition}@{frames}" + (f"@{size}px" if size else "")
 
@@ -307,15 +323,19 @@ def _predict(
             with model.base_model.generated_adapters_disabled():
                 answers = _generate_text_only(model, prompts, max_new_tokens)
         else:
-            names = [f"eval{slot:03d}" for slot in range(len(batch))]
             if condition == "bias_only":
-                for name in names:
-                    tuner.load_generated_adapter(bias_adapter, name, activate=False)
+                names = ["eval000"] * len(batch)
+                tuner.load_generated_adapter(bias_adapter, "eval000", activate=False)
             else:
+                # One adapter per distinct video of the batch (questions about the same clip share it: the point of
+                # internalizing once), then a mixed batch with each question routed to its video's adapter.
                 sources = [videos[donor.get(item.id, item.id)] for item in batch]
-                clips = [_video(source, num_frames, size) for source in sources]
-                for name, state_dict in zip(names, tuner.generate_adapter(clips), strict=True):
-                    tuner.load_generated_adapter(state_dict, name, activate=False)
+                unique = list(dict.fromkeys(sources))
+                clips = [_video(source, num_frames, size) for source in unique]
+                slot = {source: f"eval{index:03d}" for index, source in enumerate(unique)}
+                for source, state_dict in zip(unique, tuner.generate_adapter(clips), strict=True):
+                    tuner.load_generated_adapter(state_dict, slot[source], activate=False)
+                names = [slot[source] for source in sources]
             answers = _generate_text_only(model, prompts, max_new_tokens, adapter_names=names)
         for item, answer in zip(batch, answers, strict=True):
             cache.add(keys[item.id], answer)
