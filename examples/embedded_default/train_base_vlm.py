@@ -132,7 +132,6 @@ def world_corpus(num_specs: int = 3000) -> list[str]:
 
 
 def build_model_and_processor(args: argparse.Namespace) -> tuple[SmolVLMForConditionalGeneration, object]:
-    tokenizer = None
     if args.processor_dir:
         tokenizer = AutoProcessor.from_pretrained(args.processor_dir).tokenizer
     else:
@@ -334,7 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
     train_pool = render_pool([s.seed for s in train_specs], args.num_frames, size, args.workers)
     val_pool = render_pool([s.seed for s in val_specs], args.num_frames, size, args.workers)
     encoder = PromptEncoder(processor, train_pool[0])
-    train_rows = [clip_rows(spec) for spec in train_specs]
+    # Per training clip: its questions grouped by template (a step draws a template first, then a question).
+    train_questions: list[dict[str, list[tuple[str, str]]]] = []
+    for spec in train_specs:
+        by_template = defaultdict(list)
+        for name, question, answer in clip_rows(spec):
+            if name != "caption":
+                by_template[name].append((question, answer))
+        train_questions.append({name: by_template[name] for name in sorted(by_template)})
     for spec in val_specs:
         for _, question, answer in clip_rows(spec):
             encoder.prompt(question), encoder.answer(answer)
@@ -392,14 +398,11 @@ def main(argv: list[str] | None = None) -> dict:
         clips = [rng.randrange(len(train_specs)) for _ in range(args.batch_size)]
         rows = []
         for index in clips:
-            by_template: dict[str, list[tuple[str, str]]] = defaultdict(list)
-            for name, question, answer in train_rows[index]:
-                if name != "caption":
-                    by_template[name].append((question, answer))
             if rng.random() < args.caption_prob:
                 question, answer = S.CAPTION_PROMPT, S.caption(train_specs[index])
             else:
-                question, answer = rng.choice(by_template[rng.choice(sorted(by_template))])
+                by_template = train_questions[index]
+                question, answer = rng.choice(by_template[rng.choice(list(by_template))])
             rows.append((encoder.prompt(question), encoder.answer(answer)))
         input_ids, attention_mask, labels = collate(rows, encoder.tokenizer.pad_token_id, device)
         frames = train_pool[clips].to(device, non_blocking=True).float()

@@ -159,8 +159,7 @@ def evaluate_adapters(
     tuner = model.base_model
     cache = _PredictionCache(
         output / "predictions.jsonl" if output else None,
-        f"{_fingerprint(p for n, p in tuner.model.named_parameters() if 'lora_' not in n and 'hypernet' not in n)}"
-        f"|{max_new_tokens}",
+        f"{_fingerprint(p for n, p in tuner.model.named_parameters() if 'lora_' not in n)}|{max_new_tokens}",
         "|" + _fingerprint(tuner.hypernetwork.parameters()),
     )
     model.eval()
@@ -311,7 +310,8 @@ def _predict(
     keys = {item.id: cache.key(condition, num_frames, size, item) for item in items}
     todo = [item for item in items if keys[item.id] not in cache.entries]
     donor = _derangement([item.id for item in items], videos, seed) if condition == "shuffled" else {}
-    bias_adapter = tuner.generate_bias_adapter() if condition == "bias_only" and todo else None
+    if condition == "bias_only" and todo:  # the same adapter for every item: load it once
+        tuner.load_generated_adapter(tuner.generate_bias_adapter(), "eval000", activate=False)
     for start in tqdm(range(0, len(todo), batch_size), desc=condition, leave=False, disable=not progress):
         batch = todo[start : start + batch_size]
         prompts = [item.prompt for item in batch]
@@ -325,7 +325,6 @@ def _predict(
         else:
             if condition == "bias_only":
                 names = ["eval000"] * len(batch)
-                tuner.load_generated_adapter(bias_adapter, "eval000", activate=False)
             else:
                 # One adapter per distinct video of the batch (questions about the same clip share it: the point of
                 # internalizing once), then a mixed batch with each question routed to its video's adapter.
