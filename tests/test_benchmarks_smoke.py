@@ -144,3 +144,26 @@ def test_memory_vs_frames(tmp_path, monkeypatch):
         assert point["text_layers"] == 2
     (row,) = data["rows"]
     assert "stream_mib" in row and "hidden_states_mib" in row
+
+
+def test_train_step(tmp_path, monkeypatch):
+    argv = [
+        "--clips",
+        "3",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch_size",
+        "4",
+        "--rows_per_video",
+        "4",
+        "--threads",
+        "1",
+    ]
+    data = _run("train_step", argv, tmp_path / "train_step.json", monkeypatch)
+    _check_machine(data)
+    assert [row["rows_per_video"] for row in data["rows"]] == ["– (plain shuffling)", 4]
+    for row in data["rows"]:
+        assert row["s_per_step"] > 0 and row["rows_per_s"] == pytest.approx(4 / row["s_per_step"])
+    assert data["rows"][0]["speedup"] == 1.0 and data["num_rows"] > 3 * 4

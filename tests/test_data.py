@@ -16,9 +16,11 @@ from peft_hyper.data import (
     DatasetValidationError,
     InvalidRowError,
     ManifestError,
+    VideoGroupedSampler,
     VideoTextCollator,
     load_manifest,
     validate_dataset,
+    video_key,
 )
 from peft_hyper.testing_utils import build_tiny_smolvlm, write_test_video
 
@@ -127,6 +129,52 @@ def test_collator_builds_aligned_student_teacher_and_hyper_inputs(peft_model, cl
         t_ids = batch["teacher_input_ids"][i][batch["teacher_attention_mask"][i].bool()]
         assert (t_ids == image_id).sum() > 0, "the teacher sees the video"
     assert batch["teacher_pixel_values"].shape == batch["hyper_pixel_values"].shape
+
+
+def test_collator_decodes_and_internalizes_each_distinct_video_once(peft_model, clips, tmp_path, monkeypatch):
+    tuner = peft_model.base_model
+    decoded: list[str] = []
+    load_video = peft_hyper.data.load_video
+    monkeypatch.setattr(
+        peft_hyper.data, "load_video", lambda src, **kw: decoded.append(str(src)) or load_video(src, **kw)
+    )
+    missing = str(tmp_path / "missing.mp4")
+    rows = [
+        {"id": "a", "video": str(clips[0]), "prompt": "What color?", "target": "Red."},
+        {"id": "b", "video": str(clips[1]), "prompt": "What color?", "target": "Green."},
+        {"id": "gone1", "video": missing, "prompt": "p", "target": "t"},
+        {"id": "c", "video": str(clips[0]), "prompt": "Describe the video.", "target": "A red square."},
+        {"id": "gone2", "video": missing, "prompt": "p", "target": "t"},
+    ]
+    batch = VideoTextCollator.from_model(peft_model, with_teacher=True)(rows)
+    assert decoded == [str(clips[0]), str(clips[1]), missing], "one decode per distinct video, failures included"
+    assert batch["row_ids"] == ["a", "b", "c"] and batch["num_skipped"] == 2
+    assert batch["video_index"].tolist() == [0, 1, 0]
+    expected = tuner.video_inputs([peft_hyper.load_video(str(c), num_frames=4) for c in clips[:2]])
+    for key, value in expected.items():
+        assert torch.equal(batch[f"hyper_{key}"], value), key
+    assert batch["input_ids"].shape[0] == batch["teacher_input_ids"].shape[0] == 3  # questions stay per row
+
+
+def test_video_key_and_grouped_sampler():
+    assert video_key("a.mp4") == video_key(Path("a.mp4")) == video_key({"path": "a.mp4", "bytes": None})
+    assert video_key(b"xyz") == video_key({"path": None, "bytes": b"xyz"}) != video_key(b"xy")
+    assert video_key(None) is None and video_key(torch.zeros(2, 3, 4, 4)) is None
+
+    keys = ["a"] * 5 + ["b"] * 3 + [None, None] + ["c"] * 4
+    sampler = VideoGroupedSampler(keys, rows_per_video=2, seed=0)
+    order = list(sampler)
+    assert len(sampler) == len(keys) and sorted(order) == list(range(len(keys)))
+    # Rows of a video come in groups of two (the last one possibly single): a, b, c give at least 2 + 1 + 2 pairs of
+    # neighbours with the same video; rows without a key are never grouped.
+    pairs = sum(keys[i] is not None and keys[i] == keys[j] for i, j in zip(order, order[1:], strict=False))
+    assert pairs >= 5
+    assert list(VideoGroupedSampler(keys, 2, seed=0)) == order, "deterministic for a seed and epoch"
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    assert list(VideoGroupedSampler(keys, rows_per_video=1, seed=0)) != order
+    with pytest.raises(ValueError, match="rows_per_video"):
+        VideoGroupedSampler(keys, rows_per_video=0)
 
 
 def test_collator_bad_rows_skip_with_count_or_raise(peft_model, clips, tmp_path, caplog):

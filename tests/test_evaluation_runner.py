@@ -229,7 +229,8 @@ def test_ask_and_internalize_commands(checkpoint, clips, tmp_path, capsys):
     answer = json.loads(capsys.readouterr().out)["answers"][0]
     assert answer["adapter"]["visual_tokens"] == 0 and answer["no_video"]["visual_tokens"] == 0
     assert answer["in_context"]["visual_tokens"] > 0
-    assert cli_main(["--model", checkpoint, "ask", str(adapter_dir), "what moves?", "--json"]) == 0
+    # --model also works after the subcommand (the embedded default would refuse this tiny model's adapter)
+    assert cli_main(["ask", str(adapter_dir), "what moves?", "--json", "--model", checkpoint]) == 0
     from_adapter = json.loads(capsys.readouterr().out)
     assert "load_adapter_s" in from_adapter
     assert cli_main(["--model", checkpoint, "ask", str(tmp_path / "nope.mp4"), "q"]) == 2

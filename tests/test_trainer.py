@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, SmolVLMForConditionalGeneration, TrainingArguments
 
 import peft_hyper
-from peft_hyper.data import DatasetValidationError, VideoTextCollator, load_manifest
+from peft_hyper.data import DatasetValidationError, VideoGroupedSampler, VideoTextCollator, load_manifest
 from peft_hyper.testing_utils import save_tiny_smolvlm, write_test_video
 from peft_hyper.trainer import (
     CHECKPOINT_COMPLETE_NAME,
@@ -209,6 +209,44 @@ def test_l1_penalty_changes_the_loss(workdir, tmp_path):
         l1 = sum(a.abs().mean() + b.abs().mean() for a, b in factors.values()).item() / len(factors)
     assert l1 > 0
     assert with_l1 - without == pytest.approx(0.5 * l1, rel=1e-4)
+
+
+def test_rows_about_one_video_share_its_adapter(workdir, tmp_path):
+    model = make_model(workdir)
+    for name, param in model.named_parameters():
+        if name.endswith("scale_b"):  # ΔW = 0 at init would make every adapter give the same loss
+            param.data.fill_(1.0)
+    clip0, clip1 = str(workdir / "videos" / "clip0.mp4"), str(workdir / "videos" / "clip1.mp4")
+    dataset = Dataset.from_list([
+        {"video": clip0, "prompt": "Describe the video.", "target": TARGETS[0]},
+        {"video": clip1, "prompt": "Describe the video.", "target": TARGETS[1]},
+        {"video": clip0, "prompt": "What moves?", "target": "The square."},
+    ])  # fmt: skip
+    trainer = HyperLoraTrainer(
+        model, training_args(tmp_path, max_steps=2, per_device_train_batch_size=3), train_dataset=dataset,
+        objective="ce+kl", rows_per_video=2,
+    )  # fmt: skip
+    assert isinstance(trainer._get_train_sampler(), VideoGroupedSampler)
+    batch = trainer.data_collator([dataset[i] for i in range(3)])
+    assert batch["hyper_input_ids"].shape[0] == 2 and batch["video_index"].tolist() == [0, 1, 0]
+
+    def with_videos_per_row(index: list[int]) -> dict:
+        """The batch as if each row had brought its own copy of video `index[row]`."""
+        rows = torch.tensor(index)
+        return {k: (v[rows] if k.startswith("hyper_") else v) for k, v in batch.items() if k != "video_index"}
+
+    with torch.no_grad():
+        shared = trainer.compute_loss(model, dict(batch)).item()
+        per_row = trainer.compute_loss(model, with_videos_per_row([0, 1, 0])).item()
+        swapped = trainer.compute_loss(model, with_videos_per_row([1, 0, 1])).item()
+    assert shared == pytest.approx(per_row, rel=1e-6)
+    assert abs(shared - swapped) > 1e-4, "the loss depends on which video's adapter a row gets"
+
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logged)
+    with pytest.raises(ValueError, match="rows_per_video"):
+        HyperLoraTrainer(model, training_args(tmp_path), train_dataset=dataset, rows_per_video=0)
 
 
 # ---------------------------------------------------------------------------------------------------------- bad input

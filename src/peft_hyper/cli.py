@@ -208,15 +208,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    model_help = "Frames2LoRA checkpoint dir or Hub id (default: the embedded checkpoint)"
     parser = argparse.ArgumentParser(prog="frames2lora", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="Frames2LoRA checkpoint dir or Hub id (default: the embedded checkpoint)")
+    parser.add_argument("--model", help=model_help)
+    # `--model` is also accepted after the subcommand; SUPPRESS keeps a value given before it when absent there.
+    model_option = argparse.ArgumentParser(add_help=False)
+    model_option.add_argument("--model", default=argparse.SUPPRESS, help=model_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="the shipped sample clip: adapter vs in-context vs no video, against truth")
+    demo = sub.add_parser(
+        "demo",
+        parents=[model_option],
+        help="the shipped sample clip: adapter vs in-context vs no video, against truth",
+    )
     demo.add_argument("--json", action="store_true", help="machine-readable output")
     demo.set_defaults(func=cmd_demo)
 
-    ask = sub.add_parser("ask", help="internalize a video (or load a saved adapter) and answer questions")
+    ask = sub.add_parser(
+        "ask", parents=[model_option], help="internalize a video (or load a saved adapter) and answer questions"
+    )
     ask.add_argument("source", help="a video file, or a directory written by `frames2lora internalize`")
     ask.add_argument("questions", nargs="+")
     ask.add_argument("--compare", action="store_true", help="also answer with the video in context and with none")
@@ -225,13 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=16)
     ask.set_defaults(func=cmd_ask)
 
-    internalize = sub.add_parser("internalize", help="write a video's adapter as a plain PEFT LoRA directory")
+    internalize = sub.add_parser(
+        "internalize", parents=[model_option], help="write a video's adapter as a plain PEFT LoRA directory"
+    )
     internalize.add_argument("video")
     internalize.add_argument("-o", "--output", required=True)
     internalize.add_argument("--frames", type=int, default=None)
     internalize.set_defaults(func=cmd_internalize)
 
-    evaluate = sub.add_parser("eval", help="adapter-only vs video-in-context, with negative controls")
+    evaluate = sub.add_parser(
+        "eval", parents=[model_option], help="adapter-only vs video-in-context, with negative controls"
+    )
     evaluate.add_argument("--data", required=True, help="a JSONL manifest, a saved dataset dir, or a dataset name")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--metrics", default="exact_match,token_f1")

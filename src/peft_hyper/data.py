@@ -3,8 +3,9 @@
 A training row is `{"video": <path | bytes>, "prompt": str, "target": str}` (plus optional `id`, `task_type`). The
 collator decodes each row's video lazily with [`load_video`] and builds, per batch:
 
-- the hypernetwork's inputs (`hyper_*`): the video followed by the internalisation prompt, exactly as
-  `HyperLoraModel.video_inputs` formats them at inference;
+- the hypernetwork's inputs (`hyper_*`): each *distinct* video of the batch once, followed by the internalisation
+  prompt, exactly as `HyperLoraModel.video_inputs` formats them at inference, and `video_index` `(B,)` saying which
+  of those videos each row asks about (rows about the same video share one hypernetwork forward);
 - the student's text-only inputs (`input_ids`, `attention_mask`, `labels`): the chat-formatted prompt followed by
   the target answer, with the prompt (and padding) masked to -100 in `labels` — no video in the student's context;
 - optionally the teacher's inputs (`teacher_*`): the video, the prompt and the same answer tokens, so that the
@@ -13,10 +14,11 @@ collator decodes each row's video lazily with [`load_video`] and builds, per bat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,9 +37,11 @@ __all__ = [
     "DatasetValidationError",
     "InvalidRowError",
     "ManifestError",
+    "VideoGroupedSampler",
     "VideoTextCollator",
     "load_manifest",
     "validate_dataset",
+    "video_key",
 ]
 
 # Reference (Frames2LoRA) manifest field → dataset column.
@@ -52,6 +56,18 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("video", "prompt", "target")
 IGNORE_INDEX = -100
 # Errors that mean "this row's video cannot be used" (the loader's typed errors, plus what FFmpeg/IO may raise).
 _BAD_VIDEO_ERRORS = (PeftHyperError, OSError, RuntimeError, ValueError, TypeError)
+
+
+def video_key(source: Any) -> str | None:
+    """What identifies a row's video within a dataset: its path (a string, a `PathLike` or a `datasets.Video` dict's
+    path), or a digest of its bytes. `None` when the row has no video or holds decoded frames."""
+    if isinstance(source, dict):  # a `datasets.Video(decode=False)` value
+        source = source.get("path") or source.get("bytes")
+    if isinstance(source, str | os.PathLike):
+        return f"path:{os.fspath(source)}"
+    if isinstance(source, bytes | bytearray):
+        return f"sha1:{hashlib.sha1(source).hexdigest()}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------- manifests
@@ -157,6 +173,48 @@ def validate_dataset(dataset: Any, name: str = "train_dataset", require_target: 
                 )
 
 
+# ---------------------------------------------------------------------------------------------------------- sampler
+class VideoGroupedSampler(torch.utils.data.Sampler[int]):
+    """Shuffled row order in which up to `rows_per_video` rows about the same video sit next to each other.
+
+    Each video's rows are shuffled and cut into groups of `rows_per_video`; the groups of all videos are shuffled
+    together. A batch then holds about `batch_size / rows_per_video` videos, and the collator internalizes each once.
+    Rows without a video key (see [`video_key`]) form groups of one. The order depends on `seed` and the epoch
+    (`set_epoch`, called by `Trainer` at each epoch start).
+    """
+
+    def __init__(self, video_keys: Sequence[str | None], rows_per_video: int, seed: int = 0) -> None:
+        if rows_per_video < 1:
+            raise ValueError(f"rows_per_video must be a positive integer, got {rows_per_video}.")
+        self.rows_per_video = rows_per_video
+        self.seed = seed
+        self.epoch = 0
+        rows_of_video: dict[str, list[int]] = {}
+        self.rows_by_video: list[list[int]] = []
+        for index, key in enumerate(video_keys):
+            if key is None:
+                self.rows_by_video.append([index])
+            else:
+                rows_of_video.setdefault(key, []).append(index)
+        self.rows_by_video.extend(rows_of_video.values())
+        self.num_rows = len(video_keys)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        groups: list[list[int]] = []
+        for rows in self.rows_by_video:
+            shuffled = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+            groups.extend(shuffled[i : i + self.rows_per_video] for i in range(0, len(shuffled), self.rows_per_video))
+        for group in torch.randperm(len(groups), generator=generator).tolist():
+            yield from groups[group]
+
+
 # ---------------------------------------------------------------------------------------------------------- collator
 @dataclass
 class VideoTextCollator:
@@ -209,7 +267,11 @@ class VideoTextCollator:
     def _row_id(self, row: dict[str, Any], index: int) -> str:
         return str(row.get("id") or f"<row {index} of batch>")
 
-    def _load_row(self, row: dict[str, Any], index: int) -> tuple[Video, str, str | None]:
+    def _load_row(
+        self, row: dict[str, Any], index: int, loaded_videos: dict[str, Video | Exception] | None = None
+    ) -> tuple[Video, str, str | None]:
+        """The row's video, prompt and target; `loaded_videos` (key → video or load error) shares decodes of the
+        same video between the rows of a batch."""
         row_id = self._row_id(row, index)
         prompt, target = row.get("prompt"), row.get("target")
         if not isinstance(prompt, str):
@@ -221,17 +283,27 @@ class VideoTextCollator:
             source = source.get("path") or source.get("bytes")
         if source is None:
             raise InvalidRowError(f"Row {row_id}: no video.")
-        try:
-            video = load_video(source, num_frames=self.num_frames, fps=self.fps)
-        except _BAD_VIDEO_ERRORS as exc:
-            raise InvalidRowError(f"Row {row_id}: cannot load its video ({exc})") from exc
+        key = video_key(source) if loaded_videos is not None else None
+        video = loaded_videos.get(key) if key is not None else None
+        if video is None:
+            try:
+                video = load_video(source, num_frames=self.num_frames, fps=self.fps)
+            except _BAD_VIDEO_ERRORS as exc:
+                video = exc
+            if key is not None:
+                loaded_videos[key] = video
+        if isinstance(video, Exception):
+            raise InvalidRowError(f"Row {row_id}: cannot load its video ({video})") from video
         return video, prompt, target
 
     def _load_rows(self, rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[Video, str, str | None, str]], int]:
+        """Usable rows as (video, prompt, target, row id) — rows naming the same video get the same `Video` object —
+        and the number skipped."""
         loaded, skipped = [], 0
+        loaded_videos: dict[str, Video | Exception] = {}
         for index, row in enumerate(rows):
             try:
-                video, prompt, target = self._load_row(row, index)
+                video, prompt, target = self._load_row(row, index, loaded_videos)
             except InvalidRowError as exc:
                 if self.on_bad_row == "raise":
                     raise
@@ -295,9 +367,13 @@ class VideoTextCollator:
             batch.update(input_ids=empty, attention_mask=empty.clone(), labels=empty.clone())
             return batch
         videos = [item[0] for item in loaded]
-        hyper = build_video_inputs(self.processor, videos, self.internalize_prompt, self.video_size)
+        slot_of_video: dict[int, int] = {}  # id(Video) → position among the batch's distinct videos
+        video_index = [slot_of_video.setdefault(id(video), len(slot_of_video)) for video in videos]
+        distinct = list({id(video): video for video in videos}.values())
+        hyper = build_video_inputs(self.processor, distinct, self.internalize_prompt, self.video_size)
         for key, value in hyper.items():
             batch[f"hyper_{key}"] = value
+        batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
 
         prompts = [self._student_prompt_ids(item[1]) for item in loaded]
         if not self.with_target:

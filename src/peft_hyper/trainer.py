@@ -1,7 +1,8 @@
 """`HyperLoraTrainer`: train a Frames2LoRA hypernetwork with `transformers.Trainer`, and teacher-target caching.
 
-Only the hypernetwork trains; the video-language model stays frozen. Per batch the hypernetwork reads each video (one
-no-grad VLM forward) and emits a LoRA adapter per sample; the student is the frozen VLM with that adapter applied and
+Only the hypernetwork trains; the video-language model stays frozen. Per batch the hypernetwork reads each distinct
+video once (one no-grad VLM forward) and emits a LoRA adapter per video, shared by the rows about it
+(`rows_per_video` puts rows of a video in the same batch); the student is the frozen VLM with that adapter applied and
 **no video** in its context. Objectives:
 
 - `"ce"`: teacher-forced cross-entropy on the target answer (e.g. cached teacher answers);
@@ -34,7 +35,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
-from .data import IGNORE_INDEX, VideoTextCollator, validate_dataset
+from .data import IGNORE_INDEX, VideoGroupedSampler, VideoTextCollator, validate_dataset, video_key
 from .errors import InvalidRowError
 from .model import HyperLoraModel
 from .model_card import render_model_card
@@ -132,6 +133,9 @@ class HyperLoraTrainer(Trainer):
         kl_temperature: softmax temperature of the KL term.
         l1_penalty: weight of the mean absolute value of the generated LoRA A and B factors.
         on_bad_row: `"skip"` (warn and count) or `"raise"` for rows whose video cannot be loaded.
+        rows_per_video: shuffle training rows so that up to this many rows about the same video are adjacent (see
+            [`VideoGroupedSampler`]): a batch's rows then share their video's hypernetwork forward. `None` shuffles
+            rows independently. Needs a `datasets.Dataset` or list of rows with a `video` column.
         kwargs: the remaining `Trainer` arguments (`callbacks`, `optimizers`, ...).
     """
 
@@ -149,8 +153,11 @@ class HyperLoraTrainer(Trainer):
         kl_temperature: float = 1.0,
         l1_penalty: float = 0.0,
         on_bad_row: Literal["skip", "raise"] = "skip",
+        rows_per_video: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if rows_per_video is not None and rows_per_video < 1:
+            raise ValueError(f"rows_per_video must be a positive integer or None, got {rows_per_video}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if kl_top_k is not None and kl_top_k < 1:
@@ -179,6 +186,7 @@ class HyperLoraTrainer(Trainer):
         self.kl_top_k = kl_top_k
         self.kl_temperature = kl_temperature
         self.l1_penalty = l1_penalty
+        self.rows_per_video = rows_per_video
         self._freeze_base_model(model)
         if data_collator is None:
             data_collator = VideoTextCollator.from_model(model, with_teacher=objective != "ce", on_bad_row=on_bad_row)
@@ -216,6 +224,16 @@ class HyperLoraTrainer(Trainer):
     def _tuner(self, model: nn.Module) -> HyperLoraModel:
         return self.accelerator.unwrap_model(model).base_model
 
+    # ------------------------------------------------------------------ data
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.rows_per_video is None or train_dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        videos = (
+            train_dataset["video"] if hasattr(train_dataset, "column_names") else [r["video"] for r in train_dataset]
+        )
+        return VideoGroupedSampler([video_key(v) for v in videos], self.rows_per_video, seed=self.args.seed)
+
     # ------------------------------------------------------------------ loss
     def compute_loss(
         self,
@@ -231,6 +249,7 @@ class HyperLoraTrainer(Trainer):
         inputs = dict(inputs)
         skipped = int(inputs.pop("num_skipped", 0) or 0)
         inputs.pop("row_ids", None)
+        video_index = inputs.pop("video_index", None)
         if skipped and model.training:
             self.num_skipped_rows += skipped
             self._metric_sums["skipped_rows"] += skipped
@@ -244,6 +263,8 @@ class HyperLoraTrainer(Trainer):
 
         hyper_inputs = {key.removeprefix("hyper_"): v for key, v in inputs.items() if key.startswith("hyper_")}
         factors = tuner.generate_lora_factors(hyper_inputs, grad=torch.is_grad_enabled())
+        if video_index is not None:  # one adapter per distinct video → one per row
+            factors = {name: (a[video_index], b[video_index]) for name, (a, b) in factors.items()}
         with tuner.lora_factors_applied(factors):
             # Through `model` (possibly DDP-wrapped) so that distributed gradient synchronisation is set up.
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
