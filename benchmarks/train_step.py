@@ -18,21 +18,17 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-class StepTimer:
-    """A `TrainerCallback` recording the wall time at the end of each optimizer step."""
+class StepTimer(TrainerCallback):
+    """Records the wall time at the start of training and at the end of each optimizer step."""
 
     def __init__(self) -> None:
         self.ends: list[float] = []
-
-    def __getattr__(self, name: str):  # every other callback event is a no-op
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
 
     def on_train_begin(self, *args, **kwargs) -> None:
         self.ends = [time.perf_counter()]

@@ -574,10 +574,11 @@ def cache_teacher_targets(
             rows = [dataset[i] for i in indices]
             answers: list[str | None] = [None] * len(rows)
             usable = []
+            loaded_videos: dict[str, Any] = {}  # rows about the same video decode it once
             for position, row in enumerate(rows):
                 try:
                     video, prompt, _ = collator._load_row(
-                        {**row, "id": row.get("id") or f"index {indices[position]}"}, position
+                        {**row, "id": row.get("id") or f"index {indices[position]}"}, position, loaded_videos
                     )
                 except InvalidRowError as exc:
                     if on_bad_row == "raise":
