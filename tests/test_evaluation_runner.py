@@ -104,6 +104,22 @@ def test_eval_command_writes_a_report_and_caches_predictions(checkpoint, manifes
     assert rerun["predictions"] == results["predictions"]
 
 
+def test_each_distinct_video_is_checked_once(clips, tmp_path, monkeypatch):
+    checked: list[str] = []
+    load_video = runner.load_video
+    monkeypatch.setattr(runner, "load_video", lambda src, **kw: checked.append(str(src)) or load_video(src, **kw))
+    missing = str(tmp_path / "missing.mp4")
+    items = [
+        runner.EvalItem(id=f"{name}-{q}", video=video, prompt="what?", references=["x"])
+        for q in range(3)
+        for name, video in (("a", clips[0]), ("gone", missing), ("b", clips[1]))
+    ]
+    videos, excluded = runner._load_videos(items, num_frames=4)
+    assert sorted(checked) == sorted([str(clips[0]), missing, str(clips[1])])
+    assert set(videos) == {f"{name}-{q}" for q in range(3) for name in "ab"}
+    assert set(excluded) == {f"gone-{q}" for q in range(3)} and len(set(excluded.values())) == 1
+
+
 def test_shuffled_control_uses_another_video(checkpoint, clips, tiny_base_dir):
     from peft import AutoPeftModel
 

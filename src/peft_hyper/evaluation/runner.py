@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data import load_manifest
+from ..data import load_manifest, video_key
 from ..errors import PeftHyperError
 from ..video import Video, load_video
 from .metrics import JudgeFn, load_metric, per_item_scores
@@ -261,18 +261,29 @@ def _run_key(condition: str, frames: int, size: int | None) -> str:
 
 
 def _load_videos(items: Sequence[EvalItem], num_frames: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """Check every video once; unreadable ones are excluded from every condition (so pairs stay paired)."""
+    """Check every distinct video once; unreadable ones are excluded from every condition (so pairs stay paired)."""
     videos: dict[str, Any] = {}
     excluded: dict[str, str] = {}
+    errors: dict[str, str | None] = {}  # video key → load error (None: readable), for videos seen before
     for item in items:
         if item.spec is not None:
             videos[item.id] = item.spec
             continue
-        try:
-            load_video(item.video, num_frames=1)
+        key = video_key(item.video)
+        if key is None or key not in errors:
+            try:
+                load_video(item.video, num_frames=1)
+                error = None
+            except (PeftHyperError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if key is not None:
+                errors[key] = error
+        else:
+            error = errors[key]
+        if error is None:
             videos[item.id] = item.video
-        except (PeftHyperError, OSError) as exc:
-            excluded[item.id] = f"{type(exc).__name__}: {exc}"
+        else:
+            excluded[item.id] = error
     return videos, excluded
 
 
