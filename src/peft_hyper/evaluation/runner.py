@@ -264,26 +264,22 @@ def _load_videos(items: Sequence[EvalItem], num_frames: int) -> tuple[dict[str, 
     """Check every distinct video once; unreadable ones are excluded from every condition (so pairs stay paired)."""
     videos: dict[str, Any] = {}
     excluded: dict[str, str] = {}
-    errors: dict[str, str | None] = {}  # video key → load error (None: readable), for videos seen before
+    errors: dict[str, str | None] = {}  # video key → load error (None: readable)
     for item in items:
         if item.spec is not None:
             videos[item.id] = item.spec
             continue
-        key = video_key(item.video)
-        if key is None or key not in errors:
+        key = video_key(item.video) or f"item:{item.id}"  # a video without a key is checked for its item alone
+        if key not in errors:
             try:
                 load_video(item.video, num_frames=1)
-                error = None
+                errors[key] = None
             except (PeftHyperError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            if key is not None:
-                errors[key] = error
-        else:
-            error = errors[key]
-        if error is None:
+                errors[key] = f"{type(exc).__name__}: {exc}"
+        if errors[key] is None:
             videos[item.id] = item.video
         else:
-            excluded[item.id] = error
+            excluded[item.id] = errors[key]
     return videos, excluded
 
 
