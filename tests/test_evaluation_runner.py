@@ -281,3 +281,7 @@ def test_retrained_hypernetwork_reuses_base_only_predictions(checkpoint, clips, 
     monkeypatch.setattr(model.base_model, "generate_adapter", counting)
     evaluate_adapters(model, items, output_dir=tmp_path, progress=False, **kwargs)
     assert calls == {"video": 0, "adapter": 1}  # adapter predictions are recomputed, base-only ones are not
+
+    model.base_model.hyper_config.internalize_prompt = "Describe the video."  # same weights, other input
+    evaluate_adapters(model, items, output_dir=tmp_path, progress=False, **kwargs)
+    assert calls == {"video": 0, "adapter": 2}

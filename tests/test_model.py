@@ -27,6 +27,7 @@ from peft_hyper import (
     VideoDecodeError,
     load_video,
 )
+from peft_hyper.data import VideoTextCollator
 from peft_hyper.hidden_states import stream_decoder_layer_inputs
 
 QUESTION = "What colour is the square?"
@@ -391,3 +392,29 @@ def test_delete_adapter_and_several_active_adapters(hyper_model, clips):
     torch.testing.assert_close(logits(hyper_model, inputs), base, rtol=0, atol=0)
     with pytest.raises(ValueError, match="only hypernetwork"):
         hyper_model.base_model.delete_adapter("default")
+
+
+def test_internalize_generation_prompt_reads_the_vlm_about_to_answer(vlm, clips, tmp_path):
+    config = small_config(internalize_prompt="Describe the video.", internalize_generation_prompt=True)
+    model = get_peft_model(vlm, config)
+    tuner = model.base_model
+    video = load_video(clips[0], num_frames=4)
+    inputs = tuner.video_inputs([video])
+    text = tuner.processor.tokenizer.decode(inputs["input_ids"][0])
+    assert text.endswith("\n\nDescribe the video.<end_of_utterance>\nAssistant:")
+    collated = VideoTextCollator.from_model(model)([{"video": str(clips[0]), "prompt": "p", "target": "t"}])
+    assert torch.equal(collated["hyper_input_ids"], inputs["input_ids"]), "training reads what inference reads"
+
+    answering = model.generate_adapter(clips[0])
+    model.peft_config["default"].internalize_generation_prompt = False
+    assert tuner.processor.tokenizer.decode(tuner.video_inputs([video])["input_ids"][0]).endswith(
+        "\n\nDescribe the video.<end_of_utterance>\n"
+    )
+    assert any(not torch.equal(answering[k], v) for k, v in model.generate_adapter(clips[0]).items())
+
+    model.peft_config["default"].internalize_generation_prompt = True
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoPeftModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.peft_config["default"].internalize_generation_prompt is True
+    for key, value in loaded.generate_adapter(clips[0]).items():
+        torch.testing.assert_close(value, answering[key])

@@ -40,6 +40,20 @@ def test_train_hypernetwork_ships_a_loadable_checkpoint(tiny_base_dir, clips, tm
     }
     config = json.loads((output / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((output / "base").resolve())
+    assert config["internalize_prompt"] == "Describe the video." and config["internalize_generation_prompt"] is True
+
+    # continuing a checkpoint keeps its weights' shapes and takes this run's prompt
+    continued = tmp_path / "continued"
+    prompt = ["--internalize_prompt", "Internalize this video.", "--no-internalize_generation_prompt"]
+    command[command.index("--output") + 1] = str(continued)
+    command[command.index("--workdir") + 1] = str(tmp_path / "work2")
+    command += ["--init_from", str(output), *prompt]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((continued / "adapter_config.json").read_text())
+    assert (
+        config["internalize_prompt"] == "Internalize this video." and config["internalize_generation_prompt"] is False
+    )
 
     from peft import AutoPeftModel
 

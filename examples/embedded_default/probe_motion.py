@@ -2,10 +2,11 @@
 
 The shipped adapter answers motion questions at chance while the base answers them with the video in context. This
 script asks whether the states the hypernetwork reads carry motion at all, and whether a perceiver's latent bottleneck
-keeps it. For each clip it runs the base once under the internalization prompt (exactly the hypernetwork's forward) and
-keeps the states entering `--layers`; then it trains small read-out models with direct supervision (no LoRA, no base
-in the loop), each answering "which way does the {colour} object move?" (5-way) and, as a sanity check, "what shape
-is the {colour} object?" (3-way) from an object query:
+keeps it. For each clip it runs the base once under the checkpoint's internalization prompt (exactly the
+hypernetwork's forward; `--prompt` / `--[no-]generation_prompt` try another) and keeps the states entering
+`--layers`; then it trains small read-out models with direct supervision (no LoRA, no base in the loop), each
+answering "which way does the {colour} object move?" (5-way) and, as a sanity check, "what shape is the {colour}
+object?" (3-way) from an object query:
 
 - `direct`: the query cross-attends to every token's state (an upper bound: what attention over the context gets);
 - `latentN`: a perceiver with N latents (the hypernetwork's own `Perceiver` and position features) reads the
@@ -15,6 +16,8 @@ Held-out accuracy per variant is printed (chance: motion 0.2, shape 0.33). Run t
 about 2 min of feature extraction plus 1–2 min per variant (7 min in all).
 
     python examples/embedded_default/probe_motion.py --variants direct latent8 latent32
+    python examples/embedded_default/probe_motion.py --prompt "Internalize this video for later captioning." \
+        --no-generation_prompt   # the first two shipped hypernetworks' prompt
 """
 
 from __future__ import annotations
@@ -61,10 +64,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="instruction after the video (default: the checkpoint's `internalize_prompt`, as the hypernetwork reads)",
+    )
+    parser.add_argument(
+        "--generation_prompt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end with the assistant turn's opening (default without --prompt: the checkpoint's choice)",
+    )
     return parser.parse_args()
 
 
-def extract(model, split: str, num_clips: int, layers: list[int], workdir: Path, seed: int) -> dict:
+def extract(
+    model,
+    split: str,
+    num_clips: int,
+    layers: list[int],
+    workdir: Path,
+    seed: int,
+    prompt: str | None,
+    generation_prompt: bool | None,
+) -> dict:
     """States `(clips, len(layers), S, hidden)` (fp16), the token mask `(S,)`, and question rows
     `(clip, kind, colour, answer)` as a long tensor `(rows, 4)`."""
     tuner = model.base_model
@@ -76,7 +99,7 @@ def extract(model, split: str, num_clips: int, layers: list[int], workdir: Path,
         for i, spec in enumerate(specs, start):
             path = write_clip(spec, workdir / split / f"{i:06d}.mp4", num_frames, 64)
             videos.append(load_video(path, num_frames=num_frames))
-        inputs = tuner.video_inputs(videos)
+        inputs = tuner.video_inputs(videos, prompt, generation_prompt)
         captured: list[torch.Tensor] = []  # layers arrive in ascending order
         stream_decoder_layer_inputs(tuner.model, inputs, layers, lambda _, s, into=captured: into.append(s.half()))
         states.append(torch.stack(captured, dim=1))
@@ -148,8 +171,9 @@ def main() -> None:
     model = load_model(args.model or default_model())
     start = time.perf_counter()
     workdir = Path(args.workdir)
-    train = extract(model, "train", args.train_clips, layers, workdir, args.seed)
-    test = extract(model, "test", args.test_clips, layers, workdir, args.seed)
+    prompt = args.prompt, args.generation_prompt
+    train = extract(model, "train", args.train_clips, layers, workdir, args.seed, *prompt)
+    test = extract(model, "test", args.test_clips, layers, workdir, args.seed, *prompt)
     print(f"states of {args.train_clips} + {args.test_clips} clips, layers {layers}: "
           f"{time.perf_counter() - start:.0f}s; {len(train['rows'])} / {len(test['rows'])} questions")  # fmt: skip
     hidden = train["states"].shape[-1]

@@ -3,10 +3,20 @@
     python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
         --output src/peft_hyper/checkpoints/frames2lora-synthetic
 
-The shipped hypernetwork is exactly this run (the defaults): 4,000 training clips with their questions and captions
-(43,594 rows), 5,000 steps of batch 8 with up to 4 rows of a clip per batch, perceiver with 32 latents, objective
-ce+kl, 62.2 min on 2 CPU threads (0.74 s/step), mp4 writing included. `outputs/base_vlm` comes from
-`train_base_vlm.py`; the shipped base is also in the checkpoint's `base/` folder.
+The shipped hypernetwork is two runs of this script on 2 CPU threads (mp4 writing included):
+
+    # 1. the defaults, but the reference's internalization prompt: 4,000 clips with their questions and captions
+    #    (43,594 rows), 5,000 steps of batch 8 (up to 4 rows of a clip per batch), 32 latents, ce+kl; 62.2 min
+    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
+        --internalize_prompt "Internalize this video for later captioning." --no-internalize_generation_prompt \
+        --output outputs/hypernetwork_stage1 --workdir outputs/hypernetwork
+    # 2. continued on 4,000 other clips (seed 1) under the default prompt, "Describe the video." + the assistant
+    #    turn's opening: 3,500 steps at lr 5e-4; 40.1 min
+    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
+        --init_from outputs/hypernetwork_stage1 --seed 1 --max_steps 3500 --learning_rate 5e-4 \
+        --workdir outputs/hypernetwork_stage2
+
+`outputs/base_vlm` comes from `train_base_vlm.py`; the shipped base is also in the checkpoint's `base/` folder.
 
 Writes real mp4 clips of the synthetic world with torchcodec, trains with `HyperLoraTrainer` (video → adapter; the
 student answers with the adapter and no video in context), and saves a self-contained checkpoint: the hypernetwork
@@ -23,12 +33,12 @@ import time
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoProcessor, SmolVLMForConditionalGeneration, TrainingArguments
 
 import peft_hyper
 from peft_hyper.config import PACKAGE_PATH_PREFIX
-from peft_hyper.synthetic import make_dataset
+from peft_hyper.synthetic import CAPTION_PROMPT, make_dataset
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,6 +63,17 @@ def parse_args() -> argparse.Namespace:
         "--captions", action=argparse.BooleanOptionalAction, default=True, help="also train on the clips' caption rows"
     )
     parser.add_argument("--init_from", help="continue from this saved Frames2LoRA checkpoint")
+    parser.add_argument(
+        "--internalize_prompt",
+        default=CAPTION_PROMPT,
+        help="the instruction after the video in the hypernetwork's forward (also set on an --init_from checkpoint)",
+    )
+    parser.add_argument(
+        "--internalize_generation_prompt",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end the hypernetwork's input with the assistant turn's opening (the VLM about to answer the prompt)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--rows_per_video",
@@ -74,6 +95,8 @@ def hyper_config(args: argparse.Namespace) -> peft_hyper.HyperLoraConfig:
         head_dim=32,
         num_frames=args.num_frames,
         init_scale_b=0.0,
+        internalize_prompt=args.internalize_prompt,
+        internalize_generation_prompt=args.internalize_generation_prompt,
     )
 
 
@@ -97,8 +120,11 @@ def main() -> None:
     print(f"{len(train)} training rows from {args.train_clips} clips ({time.perf_counter() - start:.0f}s)")
 
     vlm = SmolVLMForConditionalGeneration.from_pretrained(args.base).eval()
-    if args.init_from:  # continue training a saved hypernetwork (its own config)
-        model = PeftModel.from_pretrained(vlm, args.init_from, is_trainable=True)
+    if args.init_from:  # continue training a saved hypernetwork (its own config, with this run's prompt)
+        config = PeftConfig.from_pretrained(args.init_from)
+        config.internalize_prompt = args.internalize_prompt
+        config.internalize_generation_prompt = args.internalize_generation_prompt
+        model = PeftModel.from_pretrained(vlm, args.init_from, config=config, is_trainable=True)
     else:
         model = get_peft_model(vlm, hyper_config(args))
     model.base_model.set_processor(AutoProcessor.from_pretrained(args.base))

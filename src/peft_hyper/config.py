@@ -113,6 +113,17 @@ class HyperLoraConfig(PeftConfig):
         default=DEFAULT_INTERNALIZE_PROMPT,
         metadata={"help": "The instruction placed after the video in the hypernetwork's forward pass."},
     )
+    internalize_generation_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "End the hypernetwork's input with the assistant turn's opening (the chat template's generation "
+                "prompt), as when the VLM is asked to answer `internalize_prompt`: the states it reads are then those "
+                "of the VLM about to answer it. With a prompt the base was trained on, such as 'Describe the video.', "
+                "the last tokens already summarise the video (the reference uses neither)."
+            )
+        },
+    )
     base_model_architecture: dict[str, Any] | None = field(
         default=None,
         metadata={

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from .config import DEFAULT_INTERNALIZE_PROMPT
 from .errors import DatasetValidationError, InvalidRowError, ManifestError, PeftHyperError
 from .hidden_states import build_video_inputs
 from .model import HyperLoraModel
@@ -222,8 +223,9 @@ class VideoTextCollator:
 
     Args:
         processor: the base model's `SmolVLMProcessor`.
-        num_frames / fps / video_size / internalize_prompt: how videos are sampled and shown to the hypernetwork
-            (take them from the `HyperLoraConfig`; [`VideoTextCollator.from_model`] does).
+        num_frames / fps / video_size / internalize_prompt / internalize_generation_prompt: how videos are sampled
+            and shown to the hypernetwork (take them from the `HyperLoraConfig`; [`VideoTextCollator.from_model`]
+            does).
         with_teacher: also build `teacher_*` inputs (video + prompt + the same answer tokens), for KL objectives.
         with_target: rows carry a `target` (False builds generation inputs only, for teacher-target caching).
         on_bad_row: `"skip"` drops a row whose video cannot be decoded (or whose prompt/target is missing) with a
@@ -235,7 +237,8 @@ class VideoTextCollator:
     num_frames: int = 12
     fps: float | None = None
     video_size: int | None = None
-    internalize_prompt: str = "Internalize this video for later captioning."
+    internalize_prompt: str = DEFAULT_INTERNALIZE_PROMPT
+    internalize_generation_prompt: bool = False
     with_teacher: bool = False
     with_target: bool = True
     on_bad_row: Literal["skip", "raise"] = "skip"
@@ -256,6 +259,7 @@ class VideoTextCollator:
             "fps": config.fps,
             "video_size": config.video_size,
             "internalize_prompt": config.internalize_prompt,
+            "internalize_generation_prompt": config.internalize_generation_prompt,
         }
         return cls(processor=tuner.processor, **{**defaults, **kwargs})
 
@@ -370,7 +374,9 @@ class VideoTextCollator:
         slot_of_video: dict[int, int] = {}  # id(Video) → position among the batch's distinct videos
         video_index = [slot_of_video.setdefault(id(video), len(slot_of_video)) for video in videos]
         distinct = list({id(video): video for video in videos}.values())
-        hyper = build_video_inputs(self.processor, distinct, self.internalize_prompt, self.video_size)
+        hyper = build_video_inputs(
+            self.processor, distinct, self.internalize_prompt, self.video_size, self.internalize_generation_prompt
+        )
         for key, value in hyper.items():
             batch[f"hyper_{key}"] = value
         batch["video_index"] = torch.tensor(video_index, dtype=torch.long)

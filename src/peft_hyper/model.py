@@ -421,15 +421,19 @@ class HyperLoraModel(BaseTuner):
         self,
         videos: Sequence[Video],
         prompt: str | Sequence[str] | None = None,
-        add_generation_prompt: bool = False,
+        add_generation_prompt: bool | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Processor inputs for `videos` followed by `prompt` (default: the internalization instruction, for the
-        hypernetwork's forward; a question with `add_generation_prompt` for video-in-context answers), on the model's
-        device and dtype."""
+        """Processor inputs for `videos` followed by `prompt`, on the model's device and dtype.
+
+        Without a prompt these are the hypernetwork's inputs (`internalize_prompt`, and the generation prompt iff
+        `internalize_generation_prompt`); for video-in-context answers pass the question and
+        `add_generation_prompt=True`."""
         config = self.hyper_config
-        batch = build_video_inputs(
-            self.processor, videos, prompt or config.internalize_prompt, config.video_size, add_generation_prompt
-        )
+        if prompt is None:
+            prompt = config.internalize_prompt
+            if add_generation_prompt is None:
+                add_generation_prompt = config.internalize_generation_prompt
+        batch = build_video_inputs(self.processor, videos, prompt, config.video_size, bool(add_generation_prompt))
         param = next(self.model.parameters())
         inputs = {}
         for name in _MODEL_INPUT_NAMES:

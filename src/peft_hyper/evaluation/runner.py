@@ -100,9 +100,9 @@ def load_eval_items(data: str | Path | Any, split: str = "test") -> list[EvalIte
 class _PredictionCache:
     """JSONL cache of predictions keyed by (model, condition, frames, size, item, prompt).
 
-    `model_key` identifies the base VLM (and the generation settings); `hypernetwork_key` the hypernetwork. Conditions
-    that never use the hypernetwork (`in_context`, `no_video`) are keyed on the base alone, so a retrained
-    hypernetwork reuses their predictions.
+    `model_key` identifies the base VLM (and the generation settings); `hypernetwork_key` the hypernetwork (its weights
+    and the config fields that shape its input). Conditions that never use the hypernetwork (`in_context`,
+    `no_video`) are keyed on the base alone, so a retrained hypernetwork reuses their predictions.
     """
 
     def __init__(self, path: Path | None, model_key: str, hypernetwork_key: str = "") -> None:
@@ -160,7 +160,7 @@ def evaluate_adapters(
     cache = _PredictionCache(
         output / "predictions.jsonl" if output else None,
         f"{_fingerprint(p for n, p in tuner.model.named_parameters() if 'lora_' not in n)}|{max_new_tokens}",
-        "|" + _fingerprint(tuner.hypernetwork.parameters()),
+        "|" + _fingerprint(tuner.hypernetwork.parameters()) + "|" + _hypernetwork_input_key(tuner.hyper_config),
     )
     model.eval()
 
@@ -245,6 +245,12 @@ def evaluate_adapters(
         data["excluded"] = excluded
         run.report.json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return run
+
+
+def _hypernetwork_input_key(config: Any) -> str:
+    """The config fields that change what the hypernetwork reads (the frame count is part of every cache key)."""
+    fields = ("internalize_prompt", "internalize_generation_prompt", "video_size", "fps")
+    return json.dumps([getattr(config, name) for name in fields])
 
 
 def _fingerprint(parameters: Iterable[torch.Tensor]) -> str:
