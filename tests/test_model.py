@@ -28,7 +28,7 @@ from peft_hyper import (
     load_video,
 )
 from peft_hyper.data import VideoTextCollator
-from peft_hyper.hidden_states import stream_decoder_layer_inputs
+from peft_hyper.hidden_states import HYPERNETWORK_INPUT_FIELDS, stream_decoder_layer_inputs
 
 QUESTION = "What colour is the square?"
 
@@ -418,3 +418,13 @@ def test_internalize_generation_prompt_reads_the_vlm_about_to_answer(vlm, clips,
     assert loaded.peft_config["default"].internalize_generation_prompt is True
     for key, value in loaded.generate_adapter(clips[0]).items():
         torch.testing.assert_close(value, answering[key])
+
+
+def test_collator_from_model_carries_every_hypernetwork_input_field(vlm):
+    """Training must read videos as inference does: every input-shaping config field reaches the collator."""
+    values = {"internalize_prompt": "Watch.", "internalize_generation_prompt": True, "video_size": 48, "fps": 2.0}
+    assert set(values) == set(HYPERNETWORK_INPUT_FIELDS), "a new input field needs a value here"
+    model = get_peft_model(vlm, small_config(num_frames=5, **values))
+    collator = VideoTextCollator.from_model(model)
+    assert collator.num_frames == 5
+    assert {name: getattr(collator, name) for name in HYPERNETWORK_INPUT_FIELDS} == values

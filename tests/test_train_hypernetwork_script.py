@@ -47,9 +47,11 @@ def test_train_hypernetwork_ships_a_loadable_checkpoint(tiny_base_dir, clips, tm
     prompt = ["--internalize_prompt", "Internalize this video.", "--no-internalize_generation_prompt"]
     command[command.index("--output") + 1] = str(continued)
     command[command.index("--workdir") + 1] = str(tmp_path / "work2")
-    command += ["--init_from", str(output), *prompt]
+    command += ["--init_from", str(output), *prompt, "--task_weights", "motion=4,temporal=2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    card = (continued / "README.md").read_text()
+    assert "Loss weight per row (mean): attribute 1, caption 1, count 1, motion 4." in card  # (no temporal rows here)
     config = json.loads((continued / "adapter_config.json").read_text())
     assert (
         config["internalize_prompt"] == "Internalize this video." and config["internalize_generation_prompt"] is False

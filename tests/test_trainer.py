@@ -32,7 +32,13 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, SmolVLMForConditionalGeneration, TrainingArguments
 
 import peft_hyper
-from peft_hyper.data import DatasetValidationError, VideoGroupedSampler, VideoTextCollator, load_manifest
+from peft_hyper.data import (
+    DatasetValidationError,
+    VideoGroupedSampler,
+    VideoTextCollator,
+    load_manifest,
+    validate_dataset,
+)
 from peft_hyper.testing_utils import save_tiny_smolvlm, write_test_video
 from peft_hyper.trainer import (
     CHECKPOINT_COMPLETE_NAME,
@@ -478,3 +484,35 @@ def test_cache_teacher_targets_resumes(workdir, tmp_path):
     assert second["target"] == first["target"]
     with pytest.raises(ValueError, match="another dataset or setting"):
         cache_teacher_targets(model, dataset, max_new_tokens=5, cache_dir=cache, progress=False)
+
+
+def test_loss_weight_column_weights_rows_in_the_loss(workdir, tmp_path):
+    model = make_model(workdir)
+    for name, param in model.named_parameters():
+        if name.endswith("scale_b"):  # non-zero adapters, so rows about different videos have different losses
+            param.data.fill_(1.0)
+    rows = [dict(row) for row in load_manifest(workdir / "train.jsonl").select(range(2))]
+    trainer = HyperLoraTrainer(model, training_args(tmp_path), objective="ce+kl")
+    model.train()
+
+    def loss(batch_rows: list[dict], weights: list[float] | None = None) -> float:
+        if weights is not None:
+            batch_rows = [{**row, "loss_weight": w} for row, w in zip(batch_rows, weights, strict=True)]
+        with torch.no_grad():
+            return trainer.compute_loss(model, dict(trainer.data_collator(batch_rows))).item()
+
+    alone = [loss([row]) for row in rows]
+    assert loss(rows, [1.0, 0.0]) == pytest.approx(alone[0], rel=1e-5)
+    assert loss(rows, [0.0, 3.0]) == pytest.approx(alone[1], rel=1e-5)
+    assert loss(rows, [2.0, 2.0]) == pytest.approx(loss(rows), rel=1e-6)  # only relative weights matter
+    assert loss(rows, [0.0, 0.0]) == 0.0
+    assert loss(rows, [1.0, 0.0]) != pytest.approx(loss(rows, [0.0, 1.0]), rel=1e-3)
+
+    bad = [{**rows[0], "id": "heavy", "loss_weight": float("nan")}, rows[1]]
+    batch = trainer.data_collator(bad)  # the bad row is skipped and counted; the other one trains
+    assert batch["num_skipped"] == 1 and batch["loss_weights"].tolist() == [1.0]
+    strict = VideoTextCollator.from_model(model, on_bad_row="raise")
+    with pytest.raises(peft_hyper.PeftHyperError, match="Row heavy: 'loss_weight' must be a finite number >= 0"):
+        strict(bad)
+    with pytest.raises(DatasetValidationError, match="'loss_weight' must hold numbers"):
+        validate_dataset(Dataset.from_list([{**rows[0], "loss_weight": "high"}]))

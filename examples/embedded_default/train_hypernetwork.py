@@ -38,7 +38,20 @@ from transformers import AutoProcessor, SmolVLMForConditionalGeneration, Trainin
 
 import peft_hyper
 from peft_hyper.config import PACKAGE_PATH_PREFIX
-from peft_hyper.synthetic import CAPTION_PROMPT, make_dataset
+from peft_hyper.synthetic import CAPTION_PROMPT, QA_KINDS, make_dataset
+
+
+def parse_task_weights(text: str) -> dict[str, float]:
+    """'motion=4,temporal=2' → {'motion': 4.0, 'temporal': 2.0}."""
+    weights = {}
+    for part in filter(None, text.split(",")):
+        kind, sep, value = part.partition("=")
+        if not sep or kind not in (*QA_KINDS, "caption"):
+            raise argparse.ArgumentTypeError(
+                f"expected KIND=WEIGHT with KIND in {(*QA_KINDS, 'caption')}, got {part!r}"
+            )
+        weights[kind] = float(value)
+    return weights
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +76,12 @@ def parse_args() -> argparse.Namespace:
         "--captions", action=argparse.BooleanOptionalAction, default=True, help="also train on the clips' caption rows"
     )
     parser.add_argument("--init_from", help="continue from this saved Frames2LoRA checkpoint")
+    parser.add_argument(
+        "--task_weights",
+        type=parse_task_weights,
+        default={},
+        help="loss weight per question kind, e.g. 'motion=4,temporal=2' (others 1), via the rows' loss_weight",
+    )
     parser.add_argument(
         "--internalize_prompt",
         default=CAPTION_PROMPT,
@@ -117,6 +136,8 @@ def main() -> None:
     )
     if not args.captions:
         train = train.filter(lambda row: row["task_type"] != "caption")
+    if args.task_weights:
+        train = train.map(lambda row: {"loss_weight": args.task_weights.get(row["task_type"], 1.0)})
     print(f"{len(train)} training rows from {args.train_clips} clips ({time.perf_counter() - start:.0f}s)")
 
     vlm = SmolVLMForConditionalGeneration.from_pretrained(args.base).eval()

@@ -17,17 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from .config import DEFAULT_INTERNALIZE_PROMPT
 from .errors import DatasetValidationError, InvalidRowError, ManifestError, PeftHyperError
-from .hidden_states import build_video_inputs
+from .hidden_states import HYPERNETWORK_INPUT_FIELDS, build_hypernetwork_inputs, build_video_inputs
 from .model import HyperLoraModel
 from .video import Video, load_video
 
@@ -54,6 +55,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "target_text": "target",
 }
 REQUIRED_COLUMNS: tuple[str, ...] = ("video", "prompt", "target")
+# Optional column: a row's weight in the training loss (answer tokens are averaged with these weights; default 1).
+LOSS_WEIGHT_COLUMN = "loss_weight"
 IGNORE_INDEX = -100
 # Errors that mean "this row's video cannot be used" (the loader's typed errors, plus what FFmpeg/IO may raise).
 _BAD_VIDEO_ERRORS = (PeftHyperError, OSError, RuntimeError, ValueError, TypeError)
@@ -124,8 +127,8 @@ def validate_dataset(dataset: Any, name: str = "train_dataset", require_target: 
     """Check, before any training step, that `dataset` can feed a [`VideoTextCollator`].
 
     Raises [`DatasetValidationError`] for an empty dataset, a missing `video`/`prompt`/`target` column, a column of
-    the wrong type (`prompt`/`target` must be strings; `video` a path string, bytes, or a `datasets.Video` feature) or
-    null prompts/targets.
+    the wrong type (`prompt`/`target` must be strings; `video` a path string, bytes, or a `datasets.Video` feature;
+    an optional `loss_weight` numbers) or null prompts/targets.
     """
     from datasets import Dataset, IterableDataset, Value
     from datasets import Video as VideoFeature
@@ -162,6 +165,11 @@ def validate_dataset(dataset: Any, name: str = "train_dataset", require_target: 
         raise DatasetValidationError(
             f"{name} column 'video' is a decoding `datasets.Video` feature; the collator decodes videos itself. Use "
             "`dataset = dataset.cast_column('video', datasets.Video(decode=False))`."
+        )
+    weight = features.get(LOSS_WEIGHT_COLUMN)
+    if weight is not None and not (isinstance(weight, Value) and weight.dtype.startswith(("float", "int", "uint"))):
+        raise DatasetValidationError(
+            f"{name} column '{LOSS_WEIGHT_COLUMN}' must hold numbers (a row's weight in the loss), got {weight}."
         )
     if isinstance(dataset, Dataset):
         table = dataset.data
@@ -217,9 +225,18 @@ class VideoGroupedSampler(torch.utils.data.Sampler[int]):
 
 
 # ---------------------------------------------------------------------------------------------------------- collator
+class _LoadedRow(NamedTuple):
+    video: Video
+    prompt: str
+    target: str | None
+    row_id: str
+    loss_weight: float
+
+
 @dataclass
 class VideoTextCollator:
-    """Collate rows `{"video", "prompt", "target"[, "id"]}` into hypernetwork, student and (optionally) teacher inputs.
+    """Collate rows `{"video", "prompt", "target"[, "id", "loss_weight"]}` into hypernetwork, student and (optionally)
+    teacher inputs; with targets, `loss_weights` `(B,)` holds each row's `loss_weight` (1 when absent).
 
     Args:
         processor: the base model's `SmolVLMProcessor`.
@@ -228,8 +245,9 @@ class VideoTextCollator:
             does).
         with_teacher: also build `teacher_*` inputs (video + prompt + the same answer tokens), for KL objectives.
         with_target: rows carry a `target` (False builds generation inputs only, for teacher-target caching).
-        on_bad_row: `"skip"` drops a row whose video cannot be decoded (or whose prompt/target is missing) with a
-            warning and counts it in the batch's `num_skipped`; `"raise"` fails at once naming the row.
+        on_bad_row: `"skip"` drops a row whose video cannot be decoded (or whose prompt/target is missing, or whose
+            `loss_weight` is not a finite number >= 0) with a warning and counts it in the batch's `num_skipped`;
+            `"raise"` fails at once naming the row.
         max_target_tokens: truncate answers to this many tokens (the end-of-utterance token included).
     """
 
@@ -254,13 +272,7 @@ class VideoTextCollator:
         """A collator matching the active hypernetwork of `model` (a `PeftModel` or `HyperLoraModel`)."""
         tuner = model if isinstance(model, HyperLoraModel) else model.base_model
         config = tuner.hyper_config
-        defaults = {
-            "num_frames": config.num_frames,
-            "fps": config.fps,
-            "video_size": config.video_size,
-            "internalize_prompt": config.internalize_prompt,
-            "internalize_generation_prompt": config.internalize_generation_prompt,
-        }
+        defaults = {name: getattr(config, name) for name in ("num_frames", *HYPERNETWORK_INPUT_FIELDS)}
         return cls(processor=tuner.processor, **{**defaults, **kwargs})
 
     @property
@@ -273,15 +285,21 @@ class VideoTextCollator:
 
     def _load_row(
         self, row: dict[str, Any], index: int, loaded_videos: dict[str, Video | Exception] | None = None
-    ) -> tuple[Video, str, str | None]:
-        """The row's video, prompt and target; `loaded_videos` (key → video or load error) shares decodes of the
-        same video between the rows of a batch."""
+    ) -> _LoadedRow:
+        """The row's video, prompt, target and loss weight; `loaded_videos` (key → video or load error) shares
+        decodes of the same video between the rows of a batch."""
         row_id = self._row_id(row, index)
         prompt, target = row.get("prompt"), row.get("target")
         if not isinstance(prompt, str):
             raise InvalidRowError(f"Row {row_id}: 'prompt' must be a string, got {type(prompt).__name__}.")
         if self.with_target and not isinstance(target, str):
             raise InvalidRowError(f"Row {row_id}: 'target' must be a string, got {type(target).__name__}.")
+        weight = row.get(LOSS_WEIGHT_COLUMN)
+        weight = 1.0 if weight is None else weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise InvalidRowError(
+                f"Row {row_id}: '{LOSS_WEIGHT_COLUMN}' must be a finite number >= 0, got {weight!r}."
+            )
         source = row.get("video")
         if isinstance(source, dict):  # a `datasets.Video(decode=False)` value
             source = source.get("path") or source.get("bytes")
@@ -298,24 +316,21 @@ class VideoTextCollator:
                 loaded_videos[key] = video
         if isinstance(video, Exception):
             raise InvalidRowError(f"Row {row_id}: cannot load its video ({video})") from video
-        return video, prompt, target
+        return _LoadedRow(video, prompt, target, row_id, float(weight))
 
-    def _load_rows(self, rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[Video, str, str | None, str]], int]:
-        """Usable rows as (video, prompt, target, row id) — rows naming the same video get the same `Video` object —
-        and the number skipped."""
+    def _load_rows(self, rows: Sequence[dict[str, Any]]) -> tuple[list[_LoadedRow], int]:
+        """Usable rows (rows naming the same video get the same `Video` object) and the number skipped."""
         loaded, skipped = [], 0
         loaded_videos: dict[str, Video | Exception] = {}
         for index, row in enumerate(rows):
             try:
-                video, prompt, target = self._load_row(row, index, loaded_videos)
+                loaded.append(self._load_row(row, index, loaded_videos))
             except InvalidRowError as exc:
                 if self.on_bad_row == "raise":
                     raise
                 skipped += 1
                 self.num_skipped += 1
                 logger.warning(f"Skipping a bad row ({self.num_skipped} skipped so far in this process): {exc}")
-                continue
-            loaded.append((video, prompt, target, self._row_id(row, index)))
         return loaded, skipped
 
     # ------------------------------------------------------------------ tokens
@@ -365,37 +380,34 @@ class VideoTextCollator:
     # ------------------------------------------------------------------ batch
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         loaded, skipped = self._load_rows(rows)
-        batch: dict[str, Any] = {"num_skipped": skipped, "row_ids": [item[3] for item in loaded]}
+        batch: dict[str, Any] = {"num_skipped": skipped, "row_ids": [item.row_id for item in loaded]}
         if not loaded:
             empty = torch.zeros((0, 1), dtype=torch.long)
             batch.update(input_ids=empty, attention_mask=empty.clone(), labels=empty.clone())
             return batch
-        videos = [item[0] for item in loaded]
+        videos = [item.video for item in loaded]
         slot_of_video: dict[int, int] = {}  # id(Video) → position among the batch's distinct videos
         video_index = [slot_of_video.setdefault(id(video), len(slot_of_video)) for video in videos]
         distinct = list({id(video): video for video in videos}.values())
-        hyper = build_video_inputs(
-            self.processor, distinct, self.internalize_prompt, self.video_size, self.internalize_generation_prompt
-        )
+        hyper = build_hypernetwork_inputs(self.processor, distinct, self)
         for key, value in hyper.items():
             batch[f"hyper_{key}"] = value
         batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
 
-        prompts = [self._student_prompt_ids(item[1]) for item in loaded]
+        prompts = [self._student_prompt_ids(item.prompt) for item in loaded]
         if not self.with_target:
             input_ids, attention_mask, _ = self._pad_text(prompts, [len(p) for p in prompts])
             batch.update(input_ids=input_ids, attention_mask=attention_mask)
             return batch
-        answers = [self._answer_ids(item[2]) for item in loaded]
+        answers = [self._answer_ids(item.target) for item in loaded]
         input_ids, attention_mask, labels = self._pad_text(
             [p + a for p, a in zip(prompts, answers, strict=True)], [len(p) for p in prompts]
         )
         batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        batch["loss_weights"] = torch.tensor([item.loss_weight for item in loaded], dtype=torch.float32)
 
         if self.with_teacher:
-            teacher_prompts = [
-                self._teacher_prompt(video, item[1]) for video, item in zip(videos, loaded, strict=True)
-            ]
+            teacher_prompts = [self._teacher_prompt(item.video, item.prompt) for item in loaded]
             prompt_ids = [t["input_ids"][0].tolist() for t in teacher_prompts]
             t_ids, t_mask, t_labels = self._pad_text(
                 [p + a for p, a in zip(prompt_ids, answers, strict=True)], [len(p) for p in prompt_ids]

@@ -75,6 +75,32 @@ def build_video_inputs(
     )
 
 
+# The `HyperLoraConfig` fields, besides `num_frames`, that change what the hypernetwork reads from a video. A
+# `VideoTextCollator` carries the same fields; the evaluation cache keys adapter predictions on them.
+HYPERNETWORK_INPUT_FIELDS: tuple[str, ...] = (
+    "internalize_prompt",
+    "internalize_generation_prompt",
+    "video_size",
+    "fps",
+)
+
+
+def build_hypernetwork_inputs(processor: ProcessorMixin, videos: Sequence[Video], settings: Any) -> BatchFeature:
+    """The hypernetwork's inputs: each video, then `settings.internalize_prompt` (and the assistant turn's opening iff
+    `settings.internalize_generation_prompt`), frames at `settings.video_size`.
+
+    `settings` is a `HyperLoraConfig`, or anything with its `HYPERNETWORK_INPUT_FIELDS` (a `VideoTextCollator`), so
+    training, inference and evaluation format the input in this one place. Shapes as [`build_video_inputs`].
+    """
+    return build_video_inputs(
+        processor,
+        videos,
+        settings.internalize_prompt,
+        settings.video_size,
+        add_generation_prompt=bool(settings.internalize_generation_prompt),
+    )
+
+
 class _StopForward(Exception):
     """Raised inside a forward hook once the last needed layer's input has been seen."""
 

@@ -34,6 +34,7 @@ from .errors import (
     MissingProcessorError,
 )
 from .hidden_states import (
+    build_hypernetwork_inputs,
     build_video_inputs,
     split_decoder_module_name,
     stream_decoder_layer_inputs,
@@ -429,11 +430,11 @@ class HyperLoraModel(BaseTuner):
         `internalize_generation_prompt`); for video-in-context answers pass the question and
         `add_generation_prompt=True`."""
         config = self.hyper_config
-        if prompt is None:
-            prompt = config.internalize_prompt
-            if add_generation_prompt is None:
-                add_generation_prompt = config.internalize_generation_prompt
-        batch = build_video_inputs(self.processor, videos, prompt, config.video_size, bool(add_generation_prompt))
+        if prompt is None and add_generation_prompt is None:
+            batch = build_hypernetwork_inputs(self.processor, videos, config)
+        else:
+            prompt = config.internalize_prompt if prompt is None else prompt
+            batch = build_video_inputs(self.processor, videos, prompt, config.video_size, bool(add_generation_prompt))
         param = next(self.model.parameters())
         inputs = {}
         for name in _MODEL_INPUT_NAMES:

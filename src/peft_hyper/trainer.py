@@ -35,7 +35,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
-from .data import IGNORE_INDEX, VideoGroupedSampler, VideoTextCollator, validate_dataset, video_key
+from .data import IGNORE_INDEX, LOSS_WEIGHT_COLUMN, VideoGroupedSampler, VideoTextCollator, validate_dataset, video_key
 from .errors import InvalidRowError
 from .model import HyperLoraModel
 from .model_card import render_model_card
@@ -96,13 +96,32 @@ def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return logits[:, :-1][mask], shifted_labels[mask]
 
 
+def _answer_token_weights(row_weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's weight `(B,)` repeated for its answer tokens → `(N,)`, in `_answer_logits`' order."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    return row_weights[:, None].expand_as(mask)[mask]
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `values` `(N,)`, weighted by `weights` `(N,)` when given (0 when every weight is 0)."""
+    if weights is None:
+        return values.mean()
+    weights = weights.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp(min=torch.finfo(values.dtype).tiny)
+
+
 def distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, top_k: int | None = None, temperature: float = 1.0
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over tokens of KL(teacher ‖ student) at `temperature` (scaled by `temperature**2`).
 
     With `top_k`, the teacher distribution is its top-K tokens renormalised, compared with the student's full-vocabulary
-    log-probabilities at those tokens (the Doc-to-LoRA recipe). Inputs are `(N, V)`.
+    log-probabilities at those tokens (the Doc-to-LoRA recipe). Inputs are `(N, V)`; `weights` `(N,)` makes the mean
+    a weighted one.
     """
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
@@ -115,7 +134,7 @@ def distillation_loss(
     else:
         teacher = F.log_softmax(teacher_logits, dim=-1)
     kl = (teacher.exp() * (teacher - student)).sum(dim=-1)
-    return kl.mean() * temperature**2
+    return _weighted_mean(kl, weights) * temperature**2
 
 
 # ---------------------------------------------------------------------------------------------------------- trainer
@@ -127,7 +146,8 @@ class HyperLoraTrainer(Trainer):
         model: `get_peft_model(vlm, HyperLoraConfig(...))` or a `PeftModel` loaded with `is_trainable=True`.
         args: `TrainingArguments`; `remove_unused_columns` is set to False (the collator needs the video column).
         data_collator: defaults to [`VideoTextCollator.from_model`] (with teacher inputs for KL objectives).
-        train_dataset / eval_dataset: rows `{"video", "prompt", "target"}`; validated before training.
+        train_dataset / eval_dataset: rows `{"video", "prompt", "target"}`, optionally a `loss_weight` per row (its
+            answer tokens' weight in the loss, e.g. to up-weight a question kind); validated before training.
         objective: `"ce"`, `"kl"` or `"ce+kl"`.
         kl_top_k: distil from the teacher's top-K tokens only (`None`: the full vocabulary).
         kl_temperature: softmax temperature of the KL term.
@@ -242,7 +262,8 @@ class HyperLoraTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """The objective's loss for one batch from [`VideoTextCollator`] (mean over answer tokens).
+        """The objective's loss for one batch from [`VideoTextCollator`]: the mean over answer tokens, weighted by
+        each row's `loss_weight` when the rows carry one.
 
         `num_items_in_batch` is accepted for API compatibility; the loss is a per-batch mean.
         """
@@ -250,6 +271,7 @@ class HyperLoraTrainer(Trainer):
         skipped = int(inputs.pop("num_skipped", 0) or 0)
         inputs.pop("row_ids", None)
         video_index = inputs.pop("video_index", None)
+        row_weights = inputs.pop("loss_weights", None)
         if skipped and model.training:
             self.num_skipped_rows += skipped
             self._metric_sums["skipped_rows"] += skipped
@@ -269,10 +291,12 @@ class HyperLoraTrainer(Trainer):
             # Through `model` (possibly DDP-wrapped) so that distributed gradient synchronisation is set up.
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         student_logits, answer_tokens = _answer_logits(outputs.logits, inputs["labels"])
+        token_weights = None if row_weights is None else _answer_token_weights(row_weights, inputs["labels"])
 
         terms: dict[str, torch.Tensor] = {}
         if self.objective in ("ce", "ce+kl"):
-            terms["ce"] = F.cross_entropy(student_logits.float(), answer_tokens)
+            ce = F.cross_entropy(student_logits.float(), answer_tokens, reduction="none")
+            terms["ce"] = _weighted_mean(ce, token_weights)
         if self.objective in ("kl", "ce+kl"):
             if "teacher_input_ids" not in inputs:
                 raise ValueError(
@@ -285,7 +309,9 @@ class HyperLoraTrainer(Trainer):
             teacher_logits, teacher_tokens = _answer_logits(teacher_logits, teacher_labels)
             if not torch.equal(teacher_tokens, answer_tokens):
                 raise RuntimeError("Teacher and student answer tokens differ; they must be the same sequence.")
-            terms["kl"] = distillation_loss(student_logits, teacher_logits, self.kl_top_k, self.kl_temperature)
+            terms["kl"] = distillation_loss(
+                student_logits, teacher_logits, self.kl_top_k, self.kl_temperature, weights=token_weights
+            )
         loss = sum(terms.values())
         if self.l1_penalty:
             l1 = sum(a.abs().mean() + b.abs().mean() for a, b in factors.values()) / len(factors)
@@ -433,11 +459,22 @@ class HyperLoraTrainer(Trainer):
             parts.append("Dataset(s): " + ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets))
         if dataset is not None and hasattr(dataset, "__len__"):
             parts.append(f"{len(dataset)} training rows (video, prompt, target).")
-            if "task_type" in (dataset.column_names or []):
+            columns = dataset.column_names or []
+            if "task_type" in columns:
                 counts: dict[str, int] = defaultdict(int)
                 for task in dataset["task_type"]:
                     counts[str(task)] += 1
                 parts.append("Task types: " + ", ".join(f"{k} ({v})" for k, v in sorted(counts.items())) + ".")
+            if LOSS_WEIGHT_COLUMN in columns:
+                groups = dataset["task_type"] if "task_type" in columns else ["all rows"] * len(dataset)
+                weights: dict[str, list[float]] = defaultdict(list)
+                for group, weight in zip(groups, dataset[LOSS_WEIGHT_COLUMN], strict=True):
+                    weights[str(group)].append(float(weight))
+                parts.append(
+                    "Loss weight per row (mean): "
+                    + ", ".join(f"{k} {sum(v) / len(v):g}" for k, v in sorted(weights.items()))
+                    + "."
+                )
         if self.eval_dataset is not None and hasattr(self.eval_dataset, "__len__"):
             parts.append(f"{len(self.eval_dataset)} evaluation rows.")
         if self.num_skipped_rows:
@@ -577,7 +614,7 @@ def cache_teacher_targets(
             loaded_videos: dict[str, Any] = {}  # rows about the same video decode it once
             for position, row in enumerate(rows):
                 try:
-                    video, prompt, _ = collator._load_row(
+                    loaded = collator._load_row(
                         {**row, "id": row.get("id") or f"index {indices[position]}"}, position, loaded_videos
                     )
                 except InvalidRowError as exc:
@@ -585,7 +622,7 @@ def cache_teacher_targets(
                         raise
                     logger.warning(f"Skipping a bad row in teacher caching: {exc}")
                     continue
-                usable.append((position, video, prompt))
+                usable.append((position, loaded.video, loaded.prompt))
             if usable:
                 conversations = [
                     [{"role": "user", "content": [{"type": "video", "video": v.frames}, {"type": "text", "text": p}]}]

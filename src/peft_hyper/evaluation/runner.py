@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_manifest, video_key
 from ..errors import PeftHyperError
+from ..hidden_states import HYPERNETWORK_INPUT_FIELDS
 from ..video import Video, load_video
 from .metrics import JudgeFn, load_metric, per_item_scores
 from .report import BenchmarkResult, EvaluationResults, ReportFiles, write_report
@@ -249,8 +250,7 @@ def evaluate_adapters(
 
 def _hypernetwork_input_key(config: Any) -> str:
     """The config fields that change what the hypernetwork reads (the frame count is part of every cache key)."""
-    fields = ("internalize_prompt", "internalize_generation_prompt", "video_size", "fps")
-    return json.dumps([getattr(config, name) for name in fields])
+    return json.dumps([getattr(config, name) for name in HYPERNETWORK_INPUT_FIELDS])
 
 
 def _fingerprint(parameters: Iterable[torch.Tensor]) -> str:
