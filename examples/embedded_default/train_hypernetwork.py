@@ -3,7 +3,7 @@
     python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
         --output src/peft_hyper/checkpoints/frames2lora-synthetic
 
-The shipped hypernetwork is two runs of this script on 2 CPU threads (mp4 writing included):
+The shipped hypernetwork is three runs of this script on 2 CPU threads (mp4 writing included):
 
     # 1. the defaults, but the reference's internalization prompt: 4,000 clips with their questions and captions
     #    (43,594 rows), 5,000 steps of batch 8 (up to 4 rows of a clip per batch), 32 latents, ce+kl; 62.2 min
@@ -14,7 +14,12 @@ The shipped hypernetwork is two runs of this script on 2 CPU threads (mp4 writin
     #    turn's opening: 3,500 steps at lr 5e-4; 40.1 min
     python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
         --init_from outputs/hypernetwork_stage1 --seed 1 --max_steps 3500 --learning_rate 5e-4 \
-        --workdir outputs/hypernetwork_stage2
+        --output outputs/hypernetwork_stage2 --workdir outputs/hypernetwork_stage2
+    # 3. continued on 4,000 more clips (seed 2) with motion rows x4 and temporal-order rows x2 in the loss (a
+    #    one-token motion answer is otherwise drowned among captions and attributes): 3,000 steps; 41.1 min
+    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
+        --init_from outputs/hypernetwork_stage2 --seed 2 --max_steps 3000 --learning_rate 5e-4 \
+        --task_weights motion=4,temporal=2 --workdir outputs/hypernetwork_stage3
 
 `outputs/base_vlm` comes from `train_base_vlm.py`; the shipped base is also in the checkpoint's `base/` folder.
 
