@@ -428,3 +428,15 @@ def test_collator_from_model_carries_every_hypernetwork_input_field(vlm):
     collator = VideoTextCollator.from_model(model)
     assert collator.num_frames == 5
     assert {name: getattr(collator, name) for name in HYPERNETWORK_INPUT_FIELDS} == values
+
+
+def test_video_inputs_pad_left_for_batched_generation(vlm, clips):
+    tuner = get_peft_model(vlm, small_config()).base_model
+    videos = [load_video(clips[0], num_frames=4), load_video(clips[1], num_frames=4)]
+    prompts = ["colour?", "which way does the small red square move after the circle appears?"]
+    side = tuner.processor.tokenizer.padding_side
+    left = tuner.video_inputs(videos, prompts, add_generation_prompt=True, padding_side="left")["attention_mask"]
+    right = tuner.video_inputs(videos, prompts, add_generation_prompt=True, padding_side="right")["attention_mask"]
+    assert left[0, 0] == 0 and left[0, -1] == 1 and left[1].all()
+    assert right[0, 0] == 1 and right[0, -1] == 0
+    assert tuner.processor.tokenizer.padding_side == side  # a per-call option, the tokenizer is left as it was

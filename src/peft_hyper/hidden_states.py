@@ -45,9 +45,10 @@ def build_video_inputs(
     prompt: str | Sequence[str],
     video_size: int | None = None,
     add_generation_prompt: bool = False,
+    padding_side: str | None = None,
 ) -> BatchFeature:
     """One user turn per video — the video, then its prompt (one for all, or one per video) — formatted and
-    tokenised by the processor.
+    tokenised by the processor; `padding_side="left"` for batched generation (default: the tokenizer's).
 
     Returns `input_ids`/`attention_mask` `(B, S)` and `pixel_values` `(B, T_max, 3, H, W)`.
     """
@@ -65,6 +66,8 @@ def build_video_inputs(
     }
     if video_size is not None:
         processor_kwargs["size"] = {"longest_edge": video_size}
+    if padding_side is not None:
+        processor_kwargs["padding_side"] = padding_side
     return processor.apply_chat_template(
         conversations,
         add_generation_prompt=add_generation_prompt,

@@ -423,18 +423,21 @@ class HyperLoraModel(BaseTuner):
         videos: Sequence[Video],
         prompt: str | Sequence[str] | None = None,
         add_generation_prompt: bool | None = None,
+        padding_side: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Processor inputs for `videos` followed by `prompt`, on the model's device and dtype.
 
         Without a prompt these are the hypernetwork's inputs (`internalize_prompt`, and the generation prompt iff
         `internalize_generation_prompt`); for video-in-context answers pass the question and
-        `add_generation_prompt=True`."""
+        `add_generation_prompt=True` (and `padding_side="left"` to generate for a batch)."""
         config = self.hyper_config
         if prompt is None and add_generation_prompt is None:
             batch = build_hypernetwork_inputs(self.processor, videos, config)
         else:
             prompt = config.internalize_prompt if prompt is None else prompt
-            batch = build_video_inputs(self.processor, videos, prompt, config.video_size, bool(add_generation_prompt))
+            batch = build_video_inputs(
+                self.processor, videos, prompt, config.video_size, bool(add_generation_prompt), padding_side
+            )
         param = next(self.model.parameters())
         inputs = {}
         for name in _MODEL_INPUT_NAMES:

@@ -599,9 +599,7 @@ def cache_teacher_targets(
             results[record["index"]] = record["target"]
     todo = [i for i in range(len(dataset)) if i not in results]
     processor = tuner.processor
-    config = tuner.hyper_config
     vlm = tuner.model
-    param = next(vlm.parameters())
     was_training = vlm.training
     vlm.eval()
     bar = tqdm(total=len(dataset), initial=len(dataset) - len(todo), desc="Teacher targets", disable=not progress)
@@ -624,30 +622,8 @@ def cache_teacher_targets(
                     continue
                 usable.append((position, loaded.video, loaded.prompt))
             if usable:
-                conversations = [
-                    [{"role": "user", "content": [{"type": "video", "video": v.frames}, {"type": "text", "text": p}]}]
-                    for _, v, p in usable
-                ]
-                processor_kwargs: dict[str, Any] = {
-                    "video_metadata": [v.metadata for _, v, _ in usable],
-                    "do_sample_frames": False,
-                    "padding": True,
-                    "padding_side": "left",
-                }
-                if config.video_size is not None:
-                    processor_kwargs["size"] = {"longest_edge": config.video_size}
-                inputs = processor.apply_chat_template(
-                    conversations,
-                    add_generation_prompt=True,
-                    tokenize=True,
-                    return_dict=True,
-                    return_tensors="pt",
-                    processor_kwargs=processor_kwargs,
-                )
-                inputs = {
-                    k: (v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
-                    for k, v in inputs.items()
-                }
+                videos, prompts = [v for _, v, _ in usable], [p for _, _, p in usable]
+                inputs = tuner.video_inputs(videos, prompts, add_generation_prompt=True, padding_side="left")
                 with torch.no_grad(), tuner.generated_adapters_disabled():
                     generated = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
                 texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

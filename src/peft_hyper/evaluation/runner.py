@@ -399,8 +399,7 @@ def _generate_text_only(
 def _generate_with_video(model: Any, clips: Sequence[Video], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     tuner = model.base_model
     processor = tuner.processor
-    with _left_padding(processor):
-        inputs = tuner.video_inputs(clips, prompts, add_generation_prompt=True)
+    inputs = tuner.video_inputs(clips, prompts, add_generation_prompt=True, padding_side="left")
     with torch.no_grad():
         output = tuner.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return _decode_new_tokens(processor, output, inputs["input_ids"].shape[1])
