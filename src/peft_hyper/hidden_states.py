@@ -88,7 +88,9 @@ HYPERNETWORK_INPUT_FIELDS: tuple[str, ...] = (
 )
 
 
-def build_hypernetwork_inputs(processor: ProcessorMixin, videos: Sequence[Video], settings: Any) -> BatchFeature:
+def build_hypernetwork_inputs(
+    processor: ProcessorMixin, videos: Sequence[Video], settings: Any, padding_side: str | None = None
+) -> BatchFeature:
     """The hypernetwork's inputs: each video, then `settings.internalize_prompt` (and the assistant turn's opening iff
     `settings.internalize_generation_prompt`), frames at `settings.video_size`.
 
@@ -101,6 +103,7 @@ def build_hypernetwork_inputs(processor: ProcessorMixin, videos: Sequence[Video]
         settings.internalize_prompt,
         settings.video_size,
         add_generation_prompt=bool(settings.internalize_generation_prompt),
+        padding_side=padding_side,
     )
 
 

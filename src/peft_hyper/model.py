@@ -432,7 +432,7 @@ class HyperLoraModel(BaseTuner):
         `add_generation_prompt=True` (and `padding_side="left"` to generate for a batch)."""
         config = self.hyper_config
         if prompt is None and add_generation_prompt is None:
-            batch = build_hypernetwork_inputs(self.processor, videos, config)
+            batch = build_hypernetwork_inputs(self.processor, videos, config, padding_side)
         else:
             prompt = config.internalize_prompt if prompt is None else prompt
             batch = build_video_inputs(
