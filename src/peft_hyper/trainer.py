@@ -89,16 +89,20 @@ def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- losses
+def _answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """`(B, S - 1)` bool: which next-token positions predict an answer token."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
 def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits `(N, V)` predicting each answer token and those tokens `(N,)`, in row-major order."""
-    shifted_labels = labels[:, 1:]
-    mask = shifted_labels != IGNORE_INDEX
-    return logits[:, :-1][mask], shifted_labels[mask]
+    mask = _answer_mask(labels)
+    return logits[:, :-1][mask], labels[:, 1:][mask]
 
 
 def _answer_token_weights(row_weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each row's weight `(B,)` repeated for its answer tokens → `(N,)`, in `_answer_logits`' order."""
-    mask = labels[:, 1:] != IGNORE_INDEX
+    mask = _answer_mask(labels)
     return row_weights[:, None].expand_as(mask)[mask]
 
 
