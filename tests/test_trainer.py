@@ -516,3 +516,18 @@ def test_loss_weight_column_weights_rows_in_the_loss(workdir, tmp_path):
         strict(bad)
     with pytest.raises(DatasetValidationError, match="'loss_weight' must hold numbers"):
         validate_dataset(Dataset.from_list([{**rows[0], "loss_weight": "high"}]))
+
+    # The model card states the mean weight per task type, or over all rows when there is no task_type column.
+    untyped = [{k: v for k, v in row.items() if k != "task_type"} for row in rows * 2]
+    weighted = [{**row, "loss_weight": w} for row, w in zip(untyped, [1.0, 3.0, 2.0, 2.0], strict=True)]
+    typed = [
+        {**row, "task_type": t} for row, t in zip(weighted, ["motion", "caption", "motion", "caption"], strict=True)
+    ]
+    for dataset_rows, line in [
+        (weighted, "Loss weight per row (mean): all rows 2."),
+        (typed, "Loss weight per row (mean): caption 2.5, motion 1.5."),
+    ]:
+        args = training_args(tmp_path / "card", max_steps=1)
+        card = HyperLoraTrainer(model, args, train_dataset=Dataset.from_list(dataset_rows)).create_model_card()
+        assert line in card
+    assert "Task types: caption (2), motion (2)." in card

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -464,16 +464,16 @@ class HyperLoraTrainer(Trainer):
         if dataset is not None and hasattr(dataset, "__len__"):
             parts.append(f"{len(dataset)} training rows (video, prompt, target).")
             columns = dataset.column_names or []
-            if "task_type" in columns:
-                counts: dict[str, int] = defaultdict(int)
-                for task in dataset["task_type"]:
-                    counts[str(task)] += 1
+            tasks = [str(task) for task in dataset["task_type"]] if "task_type" in columns else None
+            if tasks is not None:
+                counts = Counter(tasks)
                 parts.append("Task types: " + ", ".join(f"{k} ({v})" for k, v in sorted(counts.items())) + ".")
             if LOSS_WEIGHT_COLUMN in columns:
-                groups = dataset["task_type"] if "task_type" in columns else ["all rows"] * len(dataset)
                 weights: dict[str, list[float]] = defaultdict(list)
-                for group, weight in zip(groups, dataset[LOSS_WEIGHT_COLUMN], strict=True):
-                    weights[str(group)].append(float(weight))
+                for group, weight in zip(
+                    tasks or ["all rows"] * len(dataset), dataset[LOSS_WEIGHT_COLUMN], strict=True
+                ):
+                    weights[group].append(float(weight))
                 parts.append(
                     "Loss weight per row (mean): "
                     + ", ".join(f"{k} {sum(v) / len(v):g}" for k, v in sorted(weights.items()))
