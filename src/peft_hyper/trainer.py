@@ -94,16 +94,19 @@ def _answer_mask(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE_INDEX
 
 
-def _answer_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits `(N, V)` predicting each answer token and those tokens `(N,)`, in row-major order."""
-    mask = _answer_mask(labels)
+def _answer_logits(
+    logits: torch.Tensor, labels: torch.Tensor, answer_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `(N, V)` predicting each answer token and those tokens `(N,)`, in row-major order (`answer_mask`:
+    `_answer_mask(labels)`, when already computed)."""
+    mask = _answer_mask(labels) if answer_mask is None else answer_mask
     return logits[:, :-1][mask], labels[:, 1:][mask]
 
 
-def _answer_token_weights(row_weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each row's weight `(B,)` repeated for its answer tokens → `(N,)`, in `_answer_logits`' order."""
-    mask = _answer_mask(labels)
-    return row_weights[:, None].expand_as(mask)[mask]
+def _answer_token_weights(row_weights: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's weight `(B,)` repeated for its answer tokens (`answer_mask` `(B, S - 1)`) → `(N,)`, in
+    `_answer_logits`' order."""
+    return row_weights[:, None].expand_as(answer_mask)[answer_mask]
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -294,8 +297,9 @@ class HyperLoraTrainer(Trainer):
         with tuner.lora_factors_applied(factors):
             # Through `model` (possibly DDP-wrapped) so that distributed gradient synchronisation is set up.
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        student_logits, answer_tokens = _answer_logits(outputs.logits, inputs["labels"])
-        token_weights = None if row_weights is None else _answer_token_weights(row_weights, inputs["labels"])
+        answer_mask = _answer_mask(inputs["labels"])
+        student_logits, answer_tokens = _answer_logits(outputs.logits, inputs["labels"], answer_mask)
+        token_weights = None if row_weights is None else _answer_token_weights(row_weights, answer_mask)
 
         terms: dict[str, torch.Tensor] = {}
         if self.objective in ("ce", "ce+kl"):
@@ -624,14 +628,14 @@ def cache_teacher_targets(
                         raise
                     logger.warning(f"Skipping a bad row in teacher caching: {exc}")
                     continue
-                usable.append((position, loaded.video, loaded.prompt))
+                usable.append((position, loaded))
             if usable:
-                videos, prompts = [v for _, v, _ in usable], [p for _, _, p in usable]
+                videos, prompts = [row.video for _, row in usable], [row.prompt for _, row in usable]
                 inputs = tuner.video_inputs(videos, prompts, add_generation_prompt=True, padding_side="left")
                 with torch.no_grad(), tuner.generated_adapters_disabled():
                     generated = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
                 texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-                for (position, _, _), text in zip(usable, texts, strict=True):
+                for (position, _), text in zip(usable, texts, strict=True):
                     answers[position] = text.strip()
             lines = [json.dumps({"index": i, "target": a}) for i, a in zip(indices, answers, strict=True)]
             shard_path = shards / f"shard-{indices[0]:09d}.jsonl"
