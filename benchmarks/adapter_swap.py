@@ -2,8 +2,8 @@
 
 Operations timed (median of --repeats, milliseconds), all through peft-hyper's public API:
   set_adapter   switch the active adapter among resident generated adapters (`tuner.set_adapter(name)`)
-  hotswap       load a new generated state dict into an existing slot (`load_generated_adapter(sd, existing_name)`,
-                i.e. peft.utils.hotswap.hotswap_adapter_from_state_dict: weights copied in place)
+  hotswap       load a new generated state dict into an existing slot (`load_generated_adapter(sd, existing_name)`:
+                checked, then copied in place into the slot's parameters)
   disk+hotswap  the `load_adapter`-from-disk equivalent: `safetensors.torch.load_file` of a saved adapter
                 (`save_adapter`) + hotswap into an existing slot
   new name      re-injection: `load_generated_adapter(sd, new_name)` adds a new adapter slot to every LoRA layer
@@ -29,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from ttft import random_adapter  # noqa: E402
+
+from peft_hyper.generated_adapters import module_name_of_key  # noqa: E402
 
 
 def lora_layout(model: torch.nn.Module) -> dict[str, tuple[int, tuple[str, ...]]]:
@@ -101,27 +103,16 @@ def run_arch(args, arch: str, work: Path) -> dict:
 
     new_name.cleanup = drop_new
 
-    # Decomposition of `hotswap`: PEFT's hotswap alone (no peft-hyper checks, no activation), and the lower bound a
-    # fast path could reach: in-place copies into the slot's parameters, looked up once.
-    from peft.utils.hotswap import hotswap_adapter_from_state_dict
-    from peft.utils.save_and_load import _insert_adapter_name_into_state_dict
-
-    def local_named(sd):  # keys relative to the view of the targeted LoRA layers that peft-hyper hot-swaps through
-        local = {k.split("text_model.layers.", 1)[1]: v for k, v in sd.items()}
-        return _insert_adapter_name_into_state_dict(local, adapter_name=names[0], parameter_prefix="lora_")
-
-    named = [local_named(sd) for sd in adapters[1:]]
-    view = tuner._hotswap_view
-    config = tuner._lora_model.peft_config[names[0]]
-
-    def peft_hotswap_only(r):
-        hotswap_adapter_from_state_dict(view, named[r % n], names[0], config)
-
-    slot_params = {key: view.get_parameter(key) for key in named[0]}
+    # The lower bound of `hotswap`: the in-place copies alone, into parameters looked up once (no checks, no
+    # activation). `hotswap` does the same copies after validating the state dict.
+    slot_params = {}
+    for key in adapters[0]:
+        module, part = module_name_of_key(key)
+        slot_params[key] = tuner.model.get_submodule(module).get_parameter(f"{part}.{names[0]}.weight")
 
     def direct_copy(r):
         with torch.no_grad():
-            for key, value in named[r % n].items():
+            for key, value in adapters[(r % n) + 1].items():
                 slot_params[key].copy_(value)
 
     ops = {}
@@ -130,7 +121,6 @@ def run_arch(args, arch: str, work: Path) -> dict:
         ("hotswap", hotswap, "hotswap into existing slot"),
         ("disk_hotswap", disk_hotswap, "load from disk + hotswap"),
         ("new_name", new_name, "load under a new name (re-injection)"),
-        ("peft_hotswap_only", peft_hotswap_only, "PEFT hotswap_adapter_from_state_dict only"),
         ("direct_copy", direct_copy, "lower bound: in-place copy into cached slot params"),
     ):
         op(0) if key != "new_name" else None  # warm-up
@@ -138,14 +128,14 @@ def run_arch(args, arch: str, work: Path) -> dict:
 
     # PEFT merge-based switch for reference: unmerge the old adapter, merge the new one.
     def merged_switch(r):
-        tuner._lora_model.unmerge_adapter()
+        tuner.unmerge_adapter()
         tuner.set_adapter(names[r % n])
-        tuner._lora_model.merge_adapter()
+        tuner.merge_adapter()
 
     tuner.set_adapter(names[0])
-    tuner._lora_model.merge_adapter()
+    tuner.merge_adapter()
     ops["merged_switch"] = measure(merged_switch, "unmerge + set_adapter + merge")
-    tuner._lora_model.unmerge_adapter()
+    tuner.unmerge_adapter()
 
     adapter_bytes = sum(t.numel() * t.element_size() for t in adapters[0].values())
     return {
@@ -187,7 +177,6 @@ def main() -> None:
         "disk_hotswap": "load_file from disk + hotswap",
         "new_name": "new name (re-injection)",
         "merged_switch": "merged: unmerge + set + merge",
-        "peft_hotswap_only": "  of which PEFT hotswap_adapter_from_state_dict",
         "direct_copy": "  lower bound: copy_ into cached slot params",
     }
     for point in result["points"]:

@@ -49,20 +49,6 @@ def count_lora_layers(module: torch.nn.Module) -> int:
     return sum(isinstance(m, LoraLayer) for m in module.modules())
 
 
-def merge(model, tuner) -> None:
-    try:
-        model.merge_adapter()
-    except (AttributeError, ValueError, TypeError, NotImplementedError):
-        tuner._lora_model.merge_adapter()
-
-
-def unmerge(model, tuner) -> None:
-    try:
-        model.unmerge_adapter()
-    except (AttributeError, ValueError, TypeError, NotImplementedError):
-        tuner._lora_model.unmerge_adapter()
-
-
 def ttft(generate, inputs, device, repeats):
     walls, cpus = [], []
     for _ in range(repeats):
@@ -131,9 +117,9 @@ def run_arch(args, arch: str, video_dir: Path) -> dict:
     lora_layers = count_lora_layers(vlm)
     ttft(model.generate, text_inputs, args.device, 1)  # warm-up with the LoRA path
     adapter_walls, adapter_cpus = ttft(model.generate, text_inputs, args.device, cheap)
-    merge_wall, _, _ = common.timed(lambda: merge(model, tuner), args.device)
+    merge_wall, _, _ = common.timed(tuner.merge_adapter, args.device)
     merged_walls, merged_cpus = ttft(model.generate, text_inputs, args.device, cheap)
-    unmerge_wall, _, _ = common.timed(lambda: unmerge(model, tuner), args.device)
+    unmerge_wall, _, _ = common.timed(tuner.unmerge_adapter, args.device)
     tuner.set_adapter(tuner.active_hypernetwork)  # generated adapters disabled, LoRA layers still injected
     disabled_walls, disabled_cpus = ttft(model.generate, text_inputs, args.device, cheap)
     # A second round of the unmerged adapter, after the others, to bracket drifts in machine load.

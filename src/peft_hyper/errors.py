@@ -49,3 +49,11 @@ class InvalidRowError(PeftHyperError, ValueError):
 
 class MissingProcessorError(PeftHyperError, RuntimeError):
     """No processor is attached to the model and none could be found next to the checkpoint or the base model."""
+
+
+class InvalidAdapterError(PeftHyperError, ValueError):
+    """A LoRA state dict that is not a mapping of PEFT LoRA keys to finite floating-point tensors."""
+
+
+class IncompleteCheckpointError(PeftHyperError, ValueError):
+    """A hypernetwork checkpoint lacks some of the weights of the hypernetwork it describes."""

@@ -22,17 +22,17 @@ def lora_state_dict_keys(module_name: str) -> tuple[str, str]:
     return (f"{PEFT_MODEL_PREFIX}{module_name}.lora_A.weight", f"{PEFT_MODEL_PREFIX}{module_name}.lora_B.weight")
 
 
-def build_lora_config(
-    rank: int, target_modules: str | list[str], base_model_name_or_path: str | None = None
-) -> LoraConfig:
-    """The `LoraConfig` every generated adapter of a hypernetwork belongs to (scaling exactly 1)."""
+def build_lora_config(rank: int, target_modules: list[str], base_model_name_or_path: str | None = None) -> LoraConfig:
+    """The `LoraConfig` every generated adapter of a hypernetwork belongs to: scaling exactly 1, the exact names of
+    the targeted modules, and PEFT's zero-delta initialisation (B = 0), so that a module the adapter file does not
+    cover is left unchanged wherever the file is loaded."""
     return LoraConfig(
         r=rank,
         lora_alpha=rank,
         target_modules=target_modules,
         lora_dropout=0.0,
         bias="none",
-        init_lora_weights=False,
+        init_lora_weights=True,
         base_model_name_or_path=base_model_name_or_path,
         inference_mode=True,
     )

@@ -1,38 +1,43 @@
 """`HyperLoraModel`: Frames2LoRA as a PEFT tuner.
 
 The tuner holds one hypernetwork per hypernetwork adapter (`self.hypernetworks[name]`, saved by PEFT like any adapter
-weights) and an internal PEFT `LoraModel` over the same base model (as X-LoRA does) that holds the LoRA adapters the
-hypernetwork generates. LoRA math, loading, hotswap and mixed-adapter batches are PEFT's.
+weights) and turns videos into PEFT LoRA adapters for its own base model, which `GeneratedAdapters`
+(`generated_adapters.py`) keeps resident: LoRA math, activation and mixed-adapter batches are PEFT's.
 
 Data flow (one module per stage): video → frames (`video.py`) → processor inputs and per-layer decoder states
 (`hidden_states.py`) → perceiver latents → LoRA factors (`perceiver.py`, `hypernetwork.py`) → PEFT LoRA state dict
-(`lora.py`) → loaded into the internal `LoraModel` (here).
+(`lora.py`) → resident in the base model (`generated_adapters.py`).
+
+Threads: one model may be shared by several threads. Every call that reads or changes the model's shared state (the
+layer hooks of a hypernetwork forward, the resident adapters and which are active, a generation) holds the model's
+lock, so concurrent calls are correct and run one after another.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, TypeVar
 
 import torch
-from peft import LoraConfig, LoraModel
+from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils.hotswap import hotswap_adapter_from_state_dict
-from peft.utils.save_and_load import _insert_adapter_name_into_state_dict, set_peft_model_state_dict
-from safetensors.torch import save_file
 from torch import nn
 
 from .config import HyperLoraConfig
 from .errors import (
     IncompatibleBaseModelError,
+    IncompleteCheckpointError,
     InvalidAdapterNameError,
+    InvalidFramesError,
     MissingProcessorError,
 )
+from .generated_adapters import GeneratedAdapters, check_lora_state_dict
 from .hidden_states import (
     build_hypernetwork_inputs,
     build_video_inputs,
@@ -40,13 +45,33 @@ from .hidden_states import (
     stream_decoder_layer_inputs,
 )
 from .hypernetwork import HyperNetwork, LoraTarget
-from .lora import PEFT_MODEL_PREFIX, build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
+from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .video import Video, VideoInput, load_video
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _RESERVED_SUBSTRINGS = ("lora_", "hypernetworks", "base_layer")
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _serialized(method: _Method) -> _Method:
+    """Run `method` holding the model's lock (see the module docstring)."""
+
+    @functools.wraps(method)
+    def locked(self: HyperLoraModel, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
+def target_selected(target_modules: str | Sequence[str], name: str) -> bool:
+    """PEFT's matching rule: a string is a regex that must match the full module name; a list holds module names or
+    `.`-suffixes of them."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith(f".{t}") for t in target_modules)
 
 
 def find_lora_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[LoraTarget]:
@@ -57,13 +82,7 @@ def find_lora_targets(model: nn.Module, target_modules: str | Sequence[str]) -> 
         if ".base_layer" in name or ".lora_" in name:
             continue  # inside a PEFT layer
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-        if not isinstance(base, nn.Linear):
-            continue
-        if isinstance(target_modules, str):
-            selected = re.fullmatch(target_modules, name) is not None
-        else:
-            selected = any(name == t or name.endswith(f".{t}") for t in target_modules)
-        if not selected:
+        if not isinstance(base, nn.Linear) or not target_selected(target_modules, name):
             continue
         location = split_decoder_module_name(name)
         if location is None:
@@ -126,10 +145,7 @@ class HyperLoraModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     # Defaults that exist before `nn.Module.__init__` runs (BaseTuner calls `inject_adapter` from its __init__).
-    _lora_model: LoraModel | None = None
     _processor: Any = None
-    _lora_layer_cache: list[LoraLayer] | None = None
-    _hotswap_views: dict[str, nn.ModuleDict] | None = None  # a plain dict: never registered as submodules
     active_hypernetwork: str | None = None
 
     def __init__(
@@ -142,6 +158,7 @@ class HyperLoraModel(BaseTuner):
     ) -> None:
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
         self.model.requires_grad_(False)
+        self.adapters = GeneratedAdapters(self.model, self.peft_config)
         if self._processor is None:
             self._processor = self._find_processor(local_only=True)
             self._attach_processor_to_configs()
@@ -175,18 +192,15 @@ class HyperLoraModel(BaseTuner):
         if "hypernetworks" not in self._modules:
             self.hypernetworks = nn.ModuleDict()
         self.hypernetworks[adapter_name] = hypernetwork
-        self.targeted_module_names = [t.name for t in targets]
+        # every hypernetwork's targets (BaseTuner keeps the list for PEFT's checks); a second one must not hide the first's
+        self.targeted_module_names = list(dict.fromkeys([*self.targeted_module_names, *(t.name for t in targets)]))
         if self.active_hypernetwork is None:
             self.active_hypernetwork = adapter_name
 
-    def _prepare_adapter_config(self, peft_config: HyperLoraConfig, model_config: dict) -> HyperLoraConfig:
-        return peft_config
-
     @staticmethod
     def _check_target_module_exists(peft_config: HyperLoraConfig, key: str) -> bool:
-        if isinstance(peft_config.target_modules, str):
-            return re.fullmatch(peft_config.target_modules, key) is not None
-        return any(key == t or key.endswith(f".{t}") for t in peft_config.target_modules)
+        # the rule `find_lora_targets` applies: selected by `target_modules` and inside the text decoder layers
+        return target_selected(peft_config.target_modules, key) and split_decoder_module_name(key) is not None
 
     def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError("HyperLoraModel injects no layers of its own; generated adapters are PEFT LoRA.")
@@ -219,7 +233,21 @@ class HyperLoraModel(BaseTuner):
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        return {key.replace("hypernetworks.", f"hypernetworks.{adapter_name}.", 1): v for key, v in state_dict.items()}
+        remapped = {
+            key.replace("hypernetworks.", f"hypernetworks.{adapter_name}.", 1): v for key, v in state_dict.items()
+        }
+        if isinstance(config, HyperLoraConfig):
+            # PEFT only warns about missing keys; a hypernetwork missing some weights would run half-random.
+            marker = f"hypernetworks.{adapter_name}."
+            expected = {name for name, _ in model.named_parameters() if marker in name}
+            missing = sorted(expected - set(remapped))
+            if missing:
+                raise IncompleteCheckpointError(
+                    f"The hypernetwork checkpoint lacks {len(missing)} of its {len(expected)} weights (e.g. "
+                    f"{missing[0].split(marker, 1)[1]}): it is truncated, or was saved by another version or "
+                    "configuration. Re-save or re-download the complete checkpoint."
+                )
+        return remapped
 
     # ------------------------------------------------------------------ adapters: activation and bookkeeping
     @property
@@ -234,38 +262,37 @@ class HyperLoraModel(BaseTuner):
 
     @property
     def lora_config(self) -> LoraConfig:
-        """The `peft.LoraConfig` that the adapters of the active hypernetwork belong to."""
+        """The `peft.LoraConfig` that the adapters of the active hypernetwork belong to: the exact names of the modules
+        the hypernetwork targets (never a regex, which could select more modules on another base) and a zero
+        initialisation, so that stock PEFT leaves any module the adapter file lacks unchanged."""
         config = self.hyper_config
-        targets = config.target_modules
-        if not isinstance(targets, str):
-            targets = sorted(t.name for t in self.hypernetwork.targets)  # exact names: never hit other modules
+        targets = sorted(t.name for t in self.hypernetwork.targets)
         return build_lora_config(config.total_rank, targets, config.base_model_name_or_path)
 
     @property
     def generated_adapters(self) -> list[str]:
         """Names of the generated LoRA adapters resident in the model."""
-        return [] if self._lora_model is None else list(self._lora_model.peft_config)
+        return self.adapters.names
 
+    @_serialized
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Activate a hypernetwork (then no generated adapter is applied) or one or more generated adapters."""
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         if len(names) == 1 and names[0] in self.hypernetworks:
             self.active_hypernetwork = names[0]
             self.active_adapter = names[0]
-            self._set_generated_adapters_enabled(False)
+            self.adapters.set_enabled(False)
             return
-        missing = [name for name in names if name not in self.generated_adapters]
+        missing = [name for name in names if name not in self.adapters]
         if missing:
             raise ValueError(
                 f"Unknown adapter(s) {missing}. Hypernetworks: {list(self.hypernetworks)}; generated adapters: "
                 f"{self.generated_adapters}. Create one with `model.internalize(video, adapter_name=...)`."
             )
-        for layer in self._lora_layers:  # PEFT's per-layer switch, on the cached layers (no module-tree walk)
-            layer.set_adapter(names, inference_mode=True)
-        self._lora_model.active_adapter = names[0] if len(names) == 1 else names
-        self._set_generated_adapters_enabled(True)
+        self.adapters.activate(names)
         self.active_adapter = adapter_name
 
+    @_serialized
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove a generated adapter (or a hypernetwork that is not the only one)."""
         if adapter_name in self.hypernetworks:
@@ -276,71 +303,41 @@ class HyperLoraModel(BaseTuner):
             if self.active_hypernetwork == adapter_name:
                 self.set_adapter(next(iter(self.hypernetworks)))
             return
-        if adapter_name not in self.generated_adapters:
+        if adapter_name not in self.adapters:
             raise ValueError(f"No adapter named '{adapter_name}'.")
-        self._lora_model.delete_adapter(adapter_name)
+        self.adapters.delete(adapter_name)
         del self.peft_config[adapter_name]
         if adapter_name in self._as_list(self.active_adapter):
             self.set_adapter(self.active_hypernetwork)
 
+    @_serialized
     def enable_adapter_layers(self) -> None:
         if self._as_list(self.active_adapter) != [self.active_hypernetwork]:  # generated adapter(s) are active
-            self._set_generated_adapters_enabled(True)
+            self.adapters.set_enabled(True)
 
+    @_serialized
     def disable_adapter_layers(self) -> None:
-        self._set_generated_adapters_enabled(False)
+        self.adapters.set_enabled(False)
+
+    @_serialized
+    def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
+        """Merge the active (or the given) generated adapters into the base weights (PEFT's merge)."""
+        self.adapters.merge(adapter_names)
+
+    @_serialized
+    def unmerge_adapter(self) -> None:
+        """Undo `merge_adapter`."""
+        self.adapters.unmerge()
 
     @staticmethod
     def _as_list(names: str | list[str]) -> list[str]:
         return [names] if isinstance(names, str) else list(names)
 
-    @property
-    def _lora_layers(self) -> list[LoraLayer]:
-        """The PEFT LoRA layers that hold generated adapters (found once: later adapters reuse the same layers)."""
-        if self._lora_model is None:
-            return []
-        if self._lora_layer_cache is None:
-            self._lora_layer_cache = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        return self._lora_layer_cache
-
-    @property
-    def _hotswap_view(self) -> nn.ModuleDict:
-        """The targeted LoRA layers under their paths inside the decoder layer list (`3.mlp.down_proj`), as nested
-        `ModuleDict`s holding the model's own modules (nothing is copied; not registered as a submodule)."""
-        if self._hotswap_views is None:
-            self._hotswap_views = {}
-        if self.active_hypernetwork not in self._hotswap_views:
-            view = nn.ModuleDict()
-            for target in self.hypernetwork.targets:
-                *parents, leaf = _key_in_decoder_layers(target.name).split(".")
-                node = view
-                for part in parents:
-                    if part not in node:
-                        node[part] = nn.ModuleDict()
-                    node = node[part]
-                node[leaf] = self.model.get_submodule(target.name)
-            self._hotswap_views[self.active_hypernetwork] = view
-        return self._hotswap_views[self.active_hypernetwork]
-
-    def _set_generated_adapters_enabled(self, enabled: bool) -> None:
-        # Generated adapters are always frozen, so only the switch is flipped: PEFT's `enable_adapters(True)` would
-        # also make the active adapters trainable.
-        for layer in self._lora_layers:
-            layer._disable_adapters = not enabled
-
     @contextmanager
-    def _generated_adapters_switched(self, enabled: bool) -> Iterator[None]:
-        previous = [layer._disable_adapters for layer in self._lora_layers]
-        self._set_generated_adapters_enabled(enabled)
-        try:
-            yield
-        finally:
-            for layer, was_disabled in zip(self._lora_layers, previous, strict=True):
-                layer._disable_adapters = was_disabled
-
-    def generated_adapters_disabled(self) -> AbstractContextManager[None]:
+    def generated_adapters_disabled(self) -> Iterator[None]:
         """Within the context the base model runs without any generated adapter (a no-op when none is resident)."""
-        return self._generated_adapters_switched(False)
+        with self._lock, self.adapters.switched(False):
+            yield
 
     def _check_adapter_name(self, adapter_name: str, allow_existing: bool = False) -> None:
         if not isinstance(adapter_name, str) or not _ADAPTER_NAME.fullmatch(adapter_name):
@@ -408,13 +405,13 @@ class HyperLoraModel(BaseTuner):
     # ------------------------------------------------------------------ video → LoRA
     def _as_videos(self, video: Any, num_frames: int | None, fps: float | None) -> tuple[list[Video], bool]:
         config = self.hyper_config
-        num_frames = num_frames or config.num_frames
+        num_frames = config.num_frames if num_frames is None else num_frames
         fps = fps if fps is not None else config.fps
         from PIL import Image
 
         batched = isinstance(video, (list, tuple)) and not all(isinstance(v, Image.Image) for v in video)
         if batched and len(video) == 0:
-            raise ValueError("An empty list of videos was passed; pass at least one video.")
+            raise InvalidFramesError("An empty list of videos was passed; pass at least one video.")
         items = list(video) if batched else [video]
         return [load_video(v, num_frames=num_frames, fps=fps) for v in items], batched
 
@@ -446,6 +443,7 @@ class HyperLoraModel(BaseTuner):
                 inputs[name] = value.to(param.dtype) if value.is_floating_point() else value
         return inputs
 
+    @_serialized
     def generate_lora_factors(self, inputs: dict[str, torch.Tensor], grad: bool = False) -> LoraFactors:
         """Run the frozen VLM once over processor `inputs` and the active hypernetwork on each needed layer.
 
@@ -491,6 +489,7 @@ class HyperLoraModel(BaseTuner):
             check_finite(state_dict, "generated adapter")
         return state_dicts if batched else state_dicts[0]
 
+    @_serialized
     def generate_bias_adapter(self) -> dict[str, torch.Tensor]:
         """The adapter made of the hypernetwork's input-independent block alone (video-dependent ranks zero): what the
         hypernetwork contributes without any video, a negative control for evaluations."""
@@ -499,6 +498,7 @@ class HyperLoraModel(BaseTuner):
         check_finite(state_dict, "bias adapter")
         return state_dict
 
+    @_serialized
     def internalize(
         self,
         video: VideoInput,
@@ -507,54 +507,28 @@ class HyperLoraModel(BaseTuner):
         fps: float | None = None,
         activate: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Generate the adapter of `video`, load it as `adapter_name` (an existing adapter of that name is hot-swapped
+        """Generate the adapter of `video`, load it as `adapter_name` (an existing adapter of that name is replaced
         in place) and, with `activate`, make it the active adapter. Returns the state dict."""
         self._check_adapter_name(adapter_name)
         state_dict = self.generate_adapter(video, num_frames=num_frames, fps=fps)
         self.load_generated_adapter(state_dict, adapter_name, activate=activate)
         return state_dict
 
+    @_serialized
     def load_generated_adapter(
         self, state_dict: dict[str, torch.Tensor], adapter_name: str, activate: bool = True
     ) -> None:
-        """Load a PEFT LoRA state dict of this hypernetwork's shape as `adapter_name`.
+        """Load a PEFT LoRA state dict of the active hypernetwork's shape as `adapter_name`.
 
         A new name adds an adapter to PEFT's LoRA layers (the layers themselves are injected once, on the first
-        adapter); an existing name is hot-swapped in place with `peft.utils.hotswap` (no re-injection).
+        adapter); an existing name is overwritten in place (no re-injection, no other adapter touched). Nothing is
+        loaded unless the whole state dict fits.
         """
         self._check_adapter_name(adapter_name)
-        check_finite(state_dict, f"adapter '{adapter_name}'")
+        check_lora_state_dict(state_dict, f"adapter '{adapter_name}'")
         self._check_state_dict_shapes(state_dict)
-        lora_config = self.lora_config
-        if adapter_name in self.generated_adapters:
-            self._check_hotswap_name(adapter_name)
-            # PEFT's hotswap, given a view of the targeted LoRA layers only, so that it does not walk the whole VLM's
-            # state dict and modules: keys "<layer>.<module>.lora_A.<name>.weight" relative to that view.
-            scoped = {_key_in_decoder_layers(key): value for key, value in state_dict.items()}
-            named = _insert_adapter_name_into_state_dict(scoped, adapter_name=adapter_name, parameter_prefix="lora_")
-            hotswap_adapter_from_state_dict(
-                self._hotswap_view, named, adapter_name, self._lora_model.peft_config[adapter_name]
-            )
-        else:
-            if self._lora_model is None:
-                # BaseTuner adopts a `peft_config` it finds on the model; the LoRA model must get its own dict.
-                del self.model.peft_config
-                try:
-                    lora_model = LoraModel(self.model, copy.deepcopy(lora_config), adapter_name)
-                finally:
-                    self.model.peft_config = self.peft_config
-                object.__setattr__(self, "_lora_model", lora_model)  # not a submodule: it wraps our own `model`
-                lora_model.training = self.training
-            else:
-                self._lora_model.peft_config[adapter_name] = copy.deepcopy(lora_config)
-                self._lora_model.inject_adapter(self.model, adapter_name)
-            self.peft_config[adapter_name] = self._lora_model.peft_config[adapter_name]
-            # keys relative to the internal LoraModel, whose `model` is our base model: "model.<path>.lora_A.weight"
-            local = {"model." + key.removeprefix(PEFT_MODEL_PREFIX): value for key, value in state_dict.items()}
-            result = set_peft_model_state_dict(self._lora_model, local, adapter_name=adapter_name)
-            if result.unexpected_keys:
-                raise IncompatibleBaseModelError(f"Unexpected keys in the adapter: {result.unexpected_keys[:3]}")
-            self.model.requires_grad_(False)
+        self.adapters.load(adapter_name, state_dict, self.lora_config)
+        self.peft_config[adapter_name] = self.adapters.config(adapter_name)
         # re-apply the activation: injecting a new adapter may change PEFT's active adapter
         self.set_adapter(adapter_name if activate else self.active_adapter)
 
@@ -576,43 +550,14 @@ class HyperLoraModel(BaseTuner):
                 f"{[(k, got[k], expected[k]) for k in wrong]}). Load it into the base model it was generated for."
             )
 
-    def _check_hotswap_name(self, adapter_name: str) -> None:
-        # PEFT's hotswap selects the weights of `adapter_name` as every "lora_" parameter whose name contains it as a
-        # substring; if another resident adapter's parameter names contain it, those weights would be zeroed.
-        for other in self.generated_adapters:
-            if other == adapter_name:
-                continue
-            for target in self.hypernetwork.targets:
-                key = f"{_key_in_decoder_layers(target.name)}.lora_A.{other}.weight"
-                if adapter_name in key:
-                    raise InvalidAdapterNameError(
-                        f"Cannot hot-swap '{adapter_name}' while adapter '{other}' is resident: PEFT's hotswap matches "
-                        f"adapter names by substring and '{adapter_name}' occurs in '{key}'. Use longer names that do "
-                        "not occur in one another or in module names."
-                    )
-
+    @_serialized
     def save_adapter(self, adapter_name: str, save_directory: str | os.PathLike) -> None:
         """Write a generated adapter as a plain PEFT LoRA directory (`adapter_config.json` +
         `adapter_model.safetensors`) that stock `PeftModel.from_pretrained` loads without peft-hyper."""
-        from peft.utils.save_and_load import get_peft_model_state_dict
-
-        if adapter_name not in self.generated_adapters:
+        if adapter_name not in self.adapters:
             raise ValueError(f"No generated adapter named '{adapter_name}'; resident: {self.generated_adapters}.")
-        state_dict = get_peft_model_state_dict(self._lora_model, adapter_name=adapter_name)
-        # keys come relative to the internal LoraModel ("model.<path>"); PEFT files use the PeftModel path
-        state_dict = {
-            PEFT_MODEL_PREFIX + key.removeprefix("model."): value.detach().contiguous()
-            for key, value in state_dict.items()
-        }
-        check_finite(state_dict, f"adapter '{adapter_name}'")
         os.makedirs(save_directory, exist_ok=True)
-        save_file(state_dict, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
-        config = copy.deepcopy(self._lora_model.peft_config[adapter_name])
-        base_class = type(self.model)
-        config.save_pretrained(
-            str(save_directory),
-            auto_mapping_dict={"base_model_class": base_class.__name__, "parent_library": base_class.__module__},
-        )
+        self.adapters.save(adapter_name, save_directory)
 
     @contextmanager
     def lora_factors_applied(self, factors: LoraFactors) -> Iterator[None]:
@@ -646,18 +591,20 @@ class HyperLoraModel(BaseTuner):
     # ------------------------------------------------------------------ inference
     def train(self, mode: bool = True) -> HyperLoraModel:
         super().train(mode)
-        if self._lora_model is not None:  # not a submodule, so `nn.Module.train` does not reach its own flag
-            self._lora_model.training = mode
+        if "adapters" in self.__dict__:  # absent while BaseTuner's __init__ runs
+            self.adapters.set_training(mode)
         return self
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        if self._lora_model is None or kwargs.get("adapter_names") is None:
-            yield
-            return
-        # per-sample adapters apply even while a hypernetwork is the active adapter
-        with self._generated_adapters_switched(True), self._lora_model._enable_peft_forward_hooks(*args, **kwargs):
-            yield
+        # `PeftModel.forward`/`generate` run the base model inside this context: the lock is held for the whole call
+        with self._lock:
+            if not self.adapters.names or kwargs.get("adapter_names") is None:
+                yield
+                return
+            # per-sample adapters apply even while a hypernetwork is the active adapter
+            with self.adapters.mixed_batch(*args, **kwargs):
+                yield
 
     def forward(self, *args: Any, **kwargs: Any):
         with self._enable_peft_forward_hooks(*args, **kwargs):
@@ -670,10 +617,18 @@ class HyperLoraModel(BaseTuner):
             kwargs.pop("adapter_names", None)
             return self.model.generate(*args, **kwargs)
 
+    @property
+    def _lock(self) -> threading.RLock:
+        """The lock that serialises calls on this model (created on first use; see the module docstring)."""
+        lock = self.__dict__.get("_call_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_call_lock", threading.RLock())
+        return lock
 
-def _key_in_decoder_layers(key: str) -> str:
-    """`base_model.model.model.text_model.layers.3.mlp.down_proj.lora_A.weight` → `3.mlp.down_proj.lora_A.weight`."""
-    return key.split("text_model.layers.", 1)[1]
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_call_lock", None)  # a lock cannot be copied or pickled; a copy makes its own on first use
+        return state
 
 
 def _architecture_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str:
