@@ -49,3 +49,8 @@ class InvalidRowError(PeftHyperError, ValueError):
 
 class MissingProcessorError(PeftHyperError, RuntimeError):
     """No processor is attached to the model and none could be found next to the checkpoint or the base model."""
+
+
+class OutputPathError(PeftHyperError, OSError):
+    """An output path cannot be written: it is a file where a directory is needed (or the reverse), its parent is not
+    writable, or it is a directory that must not be replaced wholesale (the working directory, home, a mount point)."""
