@@ -57,3 +57,8 @@ class InvalidAdapterError(PeftHyperError, ValueError):
 
 class IncompleteCheckpointError(PeftHyperError, ValueError):
     """A hypernetwork checkpoint lacks some of the weights of the hypernetwork it describes."""
+
+
+class OutputPathError(PeftHyperError, OSError):
+    """An output path cannot be written: it is a file where a directory is needed (or the reverse), its parent is not
+    writable, or it is a directory that must not be replaced wholesale (the working directory, home, a mount point)."""

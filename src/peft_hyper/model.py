@@ -46,6 +46,7 @@ from .hidden_states import (
 )
 from .hypernetwork import HyperNetwork, LoraTarget
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
+from .saving import atomic_directory
 from .video import Video, VideoInput, load_video
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -553,11 +554,14 @@ class HyperLoraModel(BaseTuner):
     @_serialized
     def save_adapter(self, adapter_name: str, save_directory: str | os.PathLike) -> None:
         """Write a generated adapter as a plain PEFT LoRA directory (`adapter_config.json` +
-        `adapter_model.safetensors`) that stock `PeftModel.from_pretrained` loads without peft-hyper."""
+        `adapter_model.safetensors`) that stock `PeftModel.from_pretrained` loads without peft-hyper.
+
+        The directory is written whole or not at all (`saving.atomic_directory`): an existing one is replaced, and a
+        save that is killed leaves the old directory or nothing."""
         if adapter_name not in self.adapters:
             raise ValueError(f"No generated adapter named '{adapter_name}'; resident: {self.generated_adapters}.")
-        os.makedirs(save_directory, exist_ok=True)
-        self.adapters.save(adapter_name, save_directory)
+        with atomic_directory(save_directory) as staging:
+            self.adapters.save(adapter_name, staging)
 
     @contextmanager
     def lora_factors_applied(self, factors: LoraFactors) -> Iterator[None]:

@@ -6,13 +6,21 @@ training run's data, hyperparameters and metrics for `push_to_hub`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .saving import atomic_write_text, final_path
+
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 TAGS = ("frames2lora", "video-text-to-text")
 PIPELINE_TAG = "video-text-to-text"
+# Lines of a card body that PEFT's `PeftModel.create_or_update_model_card` writes on its own (and blank ones).
+_PEFT_ADDED_LINE = re.compile(
+    r"^(|### Framework versions|## Training procedure|- PEFT \S+|- \w+: .*"
+    r"|The following `bitsandbytes` quantization config was used during training:)$"
+)
 
 
 def framework_versions() -> dict[str, str]:
@@ -68,12 +76,26 @@ def render_model_card(
     )
 
 
+def is_placeholder_card(text: str) -> bool:
+    """Whether a README is no real card: PEFT's generic template, or nothing but YAML metadata and the lines PEFT's
+    `create_or_update_model_card` adds (framework versions, quantization config) — what PEFT leaves when it updates a
+    README that a killed write had emptied."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    metadata = REGEX_YAML_BLOCK.search(text)
+    body = text[metadata.end() :] if metadata else text
+    if all(_PEFT_ADDED_LINE.match(line.strip()) for line in body.splitlines()):
+        return True
+    return "[More Information Needed]" in text and "frames2lora" not in text
+
+
 def write_default_model_card(save_directory: str | Path, config: Any) -> None:
-    """Write the Frames2LoRA card to `save_directory/README.md`, replacing PEFT's generic placeholder card but never
-    a card someone wrote (or a Frames2LoRA card already there, e.g. the trainer's)."""
+    """Write the Frames2LoRA card to `save_directory/README.md` (atomically), replacing a placeholder
+    ([`is_placeholder_card`]) but never a card someone wrote (or a Frames2LoRA card already there, e.g. the
+    trainer's). The card is named after the directory — its final name when `save_directory` is a staging directory
+    of `peft_hyper.saving`."""
     path = Path(save_directory) / "README.md"
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if "frames2lora" in text or "[More Information Needed]" not in text:
-            return
-    render_model_card(config, repo_id=Path(save_directory).resolve().name).save(path)
+    if path.is_file() and not is_placeholder_card(path.read_text(encoding="utf-8")):
+        return
+    card = render_model_card(config, repo_id=final_path(save_directory).resolve().name)
+    atomic_write_text(path, str(card))

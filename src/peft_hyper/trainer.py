@@ -11,9 +11,11 @@ video once (one no-grad VLM forward) and emits a LoRA adapter per video, shared 
 - `"ce+kl"`: their sum; plus an optional L1 penalty on the generated LoRA weights.
 
 Checkpoints are PEFT `save_pretrained` directories (safetensors). A checkpoint counts as complete only once
-`checkpoint_complete.json` is written into it, after every rank finished writing; `resume_from_checkpoint=True` only
-picks complete checkpoints (transformers writes checkpoints in place, so a process killed mid-save leaves a partial
-`checkpoint-N` that stock `get_last_checkpoint` would pick).
+`checkpoint_complete.json` is written into it (atomically, after every rank finished writing and its files are
+fsynced); `resume_from_checkpoint=True` only picks complete checkpoints (transformers writes checkpoints in place, so a
+process killed mid-save leaves a partial `checkpoint-N` that stock `get_last_checkpoint` would pick). The model files
+of every save (checkpoint or final) are staged and moved in with the weights last (`saving.staged_files`), so a killed
+`save_model` leaves the previous model or no weights file, never a truncated one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -39,6 +42,7 @@ from .data import IGNORE_INDEX, LOSS_WEIGHT_COLUMN, VideoGroupedSampler, VideoTe
 from .errors import InvalidRowError
 from .model import HyperLoraModel
 from .model_card import render_model_card
+from .saving import atomic_directory, atomic_write_text, fsync_tree, remove_stale, staged_files
 
 logger = logging.get_logger(__name__)
 
@@ -76,16 +80,6 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     """The `checkpoint-N` directory of `folder` with the highest `N` among complete ones, or None."""
     complete = [path for _, path in _checkpoint_dirs(folder) if is_complete_checkpoint(path)]
     return complete[-1] if complete else None
-
-
-def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------- losses
@@ -375,13 +369,26 @@ class HyperLoraTrainer(Trainer):
         return dataset  # the collator needs `video`, `prompt`, `target` and `id`
 
     # ------------------------------------------------------------------ checkpoints
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`Trainer._save` (model, processor, training arguments) into a staging directory inside `output_dir`, then
+        moved in with the weights last: a kill leaves the previous model files or no weights file, never a truncated
+        one (`saving.staged_files`). `README.md` is carried into the staging directory so that PEFT updates it."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return super()._save(output_dir, state_dict)
+        weights = (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)
+        with staged_files(output_dir, commit_last=weights, carry=["README.md"]) as staging:
+            super()._save(str(staging), state_dict)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Save as Trainer does, then mark the checkpoint complete (after all ranks wrote), then rotate."""
+        """Save as Trainer does, then mark the checkpoint complete (after all ranks wrote and its files are on disk),
+        then rotate."""
         run_dir = self._get_output_dir(trial=trial)
         output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         marker = os.path.join(output_dir, CHECKPOINT_COMPLETE_NAME)
         if self.args.should_save and os.path.exists(marker):
             os.remove(marker)  # being rewritten: incomplete until this save finishes
+            fsync_tree(output_dir)  # the removal reaches the disk before any rewritten file
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # rotate only once the new checkpoint is complete
         try:
@@ -390,7 +397,8 @@ class HyperLoraTrainer(Trainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            _write_json_atomic(marker, {"global_step": self.state.global_step, "time": time.time()})
+            fsync_tree(output_dir)  # every rank's files are on disk before the marker vouches for them
+            atomic_write_text(marker, json.dumps({"global_step": self.state.global_step, "time": time.time()}))
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=limit,
@@ -455,9 +463,7 @@ class HyperLoraTrainer(Trainer):
             metrics=self._final_metrics(),
         )
         text = str(card)
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
-            f.write(text)
+        atomic_write_text(os.path.join(self.args.output_dir, "README.md"), text)
         return text
 
     def _describe_training_data(self, datasets: list[str]) -> str:
@@ -588,6 +594,7 @@ def cache_teacher_targets(
     cache = Path(cache_dir)
     shards = cache / "shards"
     shards.mkdir(parents=True, exist_ok=True)
+    remove_stale(shards)  # shards are written below without a scan each
     meta = {"fingerprint": dataset._fingerprint, "num_rows": len(dataset), "max_new_tokens": max_new_tokens}
     meta_path = cache / "meta.json"
     if meta_path.exists():
@@ -598,7 +605,7 @@ def cache_teacher_targets(
                 "cache_dir or delete it."
             )
     else:
-        _write_json_atomic(str(meta_path), meta)
+        atomic_write_text(meta_path, json.dumps(meta))
 
     results: dict[int, str | None] = {}
     for shard in sorted(shards.glob("shard-*.jsonl")):
@@ -638,11 +645,7 @@ def cache_teacher_targets(
                 for (position, _), text in zip(usable, texts, strict=True):
                     answers[position] = text.strip()
             lines = [json.dumps({"index": i, "target": a}) for i, a in zip(indices, answers, strict=True)]
-            shard_path = shards / f"shard-{indices[0]:09d}.jsonl"
-            fd, tmp = tempfile.mkstemp(dir=shards, prefix=".tmp-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-            os.replace(tmp, shard_path)
+            atomic_write_text(shards / f"shard-{indices[0]:09d}.jsonl", "\n".join(lines) + "\n", clean=False)
             results.update(zip(indices, answers, strict=True))
             bar.update(len(indices))
     finally:
@@ -659,5 +662,6 @@ def cache_teacher_targets(
             out = out.remove_columns("reference_target")
         out = out.rename_column("target", "reference_target")
     out = out.add_column("target", [results[i] for i in kept])
-    out.save_to_disk(str(cache / "dataset"))
+    with atomic_directory(cache / "dataset") as staging:
+        out.save_to_disk(str(staging))
     return out
