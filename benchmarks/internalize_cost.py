@@ -3,7 +3,7 @@ over the same video (same processor inputs).
 
 Stages (the same calls `HyperLoraModel.generate_adapter` makes, timed one by one):
   decode      peft_hyper.load_video(path, num_frames)                  (torchcodec)
-  processor   tuner.video_inputs([video])                              (SmolVLMProcessor: resize, normalise, template)
+  processor   tuner.hypernetwork_inputs([video])                       (SmolVLMProcessor: resize, normalise, template)
   vision      SmolVLM vision tower + connector, inside the VLM forward (forward hooks)
   text        text decoder layers run before the stream stops (the rest of `generate_lora_factors`)
   hypernet    HyperNetwork.generate_for_layer, summed over layers      (wrapped)
@@ -39,7 +39,7 @@ def staged_generate_adapter(tuner, path: Path, frames: int, device: str) -> tupl
     videos = [peft_hyper.load_video(path, num_frames=frames)]
     clock.stop("decode")
     clock.start("processor")
-    inputs = tuner.video_inputs(videos)
+    inputs = tuner.hypernetwork_inputs(videos)
     clock.stop("processor")
     vlm_body = tuner.model.model
     with (
@@ -106,7 +106,7 @@ def run_point(args, built, arch: str, frames: int, video_dir: Path) -> dict:
 
     tuner, vlm, device = built["tuner"], built["vlm"], args.device
     path = common.make_video(video_dir, arch, frames, args.seed)
-    inputs = tuner.video_inputs([peft_hyper.load_video(path, num_frames=frames)])
+    inputs = tuner.hypernetwork_inputs([peft_hyper.load_video(path, num_frames=frames)])
     record = {
         "arch": arch,
         "frames": frames,

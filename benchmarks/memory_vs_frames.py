@@ -126,7 +126,7 @@ def measure_point(args, arch: str, frames: int, mode: str) -> dict:
                 model.generate_adapter(str(path), num_frames=frames)
                 tokens = None
             else:
-                inputs = tuner.video_inputs([peft_hyper.load_video(path, num_frames=frames)])
+                inputs = tuner.hypernetwork_inputs([peft_hyper.load_video(path, num_frames=frames)])
                 tokens = int(inputs["input_ids"].shape[1])
                 if mode == "hidden_states":
                     out = body(**inputs, output_hidden_states=True, use_cache=False)

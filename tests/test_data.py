@@ -110,7 +110,7 @@ def test_collator_builds_aligned_student_teacher_and_hyper_inputs(peft_model, cl
     assert batch["num_skipped"] == 0 and batch["row_ids"] == ["a", "b"]
 
     # Hypernetwork inputs are exactly what the tuner builds at inference.
-    expected = tuner.video_inputs([peft_hyper.load_video(str(c), num_frames=4) for c in clips[:2]])
+    expected = tuner.hypernetwork_inputs([peft_hyper.load_video(str(c), num_frames=4) for c in clips[:2]])
     for key, value in expected.items():
         assert torch.equal(batch[f"hyper_{key}"], value), key
 
@@ -150,7 +150,7 @@ def test_collator_decodes_and_internalizes_each_distinct_video_once(peft_model, 
     assert decoded == [str(clips[0]), str(clips[1]), missing], "one decode per distinct video, failures included"
     assert batch["row_ids"] == ["a", "b", "c"] and batch["num_skipped"] == 2
     assert batch["video_index"].tolist() == [0, 1, 0]
-    expected = tuner.video_inputs([peft_hyper.load_video(str(c), num_frames=4) for c in clips[:2]])
+    expected = tuner.hypernetwork_inputs([peft_hyper.load_video(str(c), num_frames=4) for c in clips[:2]])
     for key, value in expected.items():
         assert torch.equal(batch[f"hyper_{key}"], value), key
     assert batch["input_ids"].shape[0] == batch["teacher_input_ids"].shape[0] == 3  # questions stay per row

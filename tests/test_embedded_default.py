@@ -18,7 +18,7 @@ from peft_hyper import synthetic as S
 from peft_hyper.cli import default_model
 from peft_hyper.cli import main as cli_main
 from peft_hyper.evaluation.runner import evaluate_adapters, load_eval_items
-from peft_hyper.hidden_states import build_video_inputs
+from peft_hyper.inputs import build_video_inputs
 from peft_hyper.video import load_video
 
 CHECKPOINT = Path(peft_hyper.__file__).parent / "checkpoints" / "frames2lora-synthetic"

@@ -28,7 +28,8 @@ from peft_hyper import (
     load_video,
 )
 from peft_hyper.data import VideoTextCollator
-from peft_hyper.hidden_states import HYPERNETWORK_INPUT_FIELDS, stream_decoder_layer_inputs
+from peft_hyper.hidden_states import stream_decoder_layer_inputs
+from peft_hyper.inputs import HypernetworkInputSpec
 
 QUESTION = "What colour is the square?"
 
@@ -123,7 +124,7 @@ def test_frame_count_and_fps_are_per_call_overridable(hyper_model, clips):
     tuner = hyper_model.base_model
     image_token = tuner.processor.image_token_id
     for count in (2, 6):
-        inputs = tuner.video_inputs([load_video(clips[0], num_frames=count)])
+        inputs = tuner.hypernetwork_inputs([load_video(clips[0], num_frames=count)])
         assert (inputs["input_ids"] == image_token).sum() == count * tuner.processor.image_seq_len
         assert inputs["pixel_values"].shape[1] == count
     default = hyper_model.generate_adapter(clips[0])
@@ -146,7 +147,7 @@ def test_a_batch_is_one_forward_and_equals_single_calls(hyper_model, clips, monk
 
 def test_streamed_layer_inputs_equal_the_output_hidden_states(hyper_model, clips):
     tuner = hyper_model.base_model
-    inputs = tuner.video_inputs([load_video(clips[0], num_frames=3)])
+    inputs = tuner.hypernetwork_inputs([load_video(clips[0], num_frames=3)])
     seen: dict[int, torch.Tensor] = {}
     stream_decoder_layer_inputs(tuner.model, inputs, [0, 2], lambda layer, states: seen.__setitem__(layer, states))
     with torch.no_grad():
@@ -230,7 +231,7 @@ def test_mixed_adapter_batch(hyper_model, clips):
 def test_factors_applied_in_training_equal_the_peft_lora_layers(hyper_model, clips):
     tuner = hyper_model.base_model
     inputs = text_inputs(hyper_model)
-    factors = tuner.generate_lora_factors(tuner.video_inputs([load_video(clips[0], num_frames=4)]), grad=True)
+    factors = tuner.generate_lora_factors(tuner.hypernetwork_inputs([load_video(clips[0], num_frames=4)]), grad=True)
     assert any(a.requires_grad for a, _ in factors.values())
     with tuner.lora_factors_applied(factors):
         functional = tuner.model(**inputs).logits
@@ -382,7 +383,7 @@ def test_internalize_generation_prompt_reads_the_vlm_about_to_answer(vlm, clips,
     model = get_peft_model(vlm, config)
     tuner = model.base_model
     video = load_video(clips[0], num_frames=4)
-    inputs = tuner.video_inputs([video])
+    inputs = tuner.hypernetwork_inputs([video])
     text = tuner.processor.tokenizer.decode(inputs["input_ids"][0])
     assert text.endswith("\n\nDescribe the video.<end_of_utterance>\nAssistant:")
     collated = VideoTextCollator.from_model(model)([{"video": str(clips[0]), "prompt": "p", "target": "t"}])
@@ -390,7 +391,7 @@ def test_internalize_generation_prompt_reads_the_vlm_about_to_answer(vlm, clips,
 
     answering = model.generate_adapter(clips[0])
     model.peft_config["default"].internalize_generation_prompt = False
-    assert tuner.processor.tokenizer.decode(tuner.video_inputs([video])["input_ids"][0]).endswith(
+    assert tuner.processor.tokenizer.decode(tuner.hypernetwork_inputs([video])["input_ids"][0]).endswith(
         "\n\nDescribe the video.<end_of_utterance>\n"
     )
     assert any(not torch.equal(answering[k], v) for k, v in model.generate_adapter(clips[0]).items())
@@ -403,14 +404,54 @@ def test_internalize_generation_prompt_reads_the_vlm_about_to_answer(vlm, clips,
         torch.testing.assert_close(value, answering[key])
 
 
-def test_collator_from_model_carries_every_hypernetwork_input_field(vlm):
-    """Training must read videos as inference does: every input-shaping config field reaches the collator."""
+def test_collator_from_model_reads_videos_as_inference_does(vlm):
+    """Training must read videos as inference does: every input-shaping config field reaches the collator's spec."""
     values = {"internalize_prompt": "Watch.", "internalize_generation_prompt": True, "video_size": 48, "fps": 2.0}
-    assert set(values) == set(HYPERNETWORK_INPUT_FIELDS), "a new input field needs a value here"
     model = get_peft_model(vlm, small_config(num_frames=5, **values))
-    collator = VideoTextCollator.from_model(model)
-    assert collator.num_frames == 5
-    assert {name: getattr(collator, name) for name in HYPERNETWORK_INPUT_FIELDS} == values
+    expected = HypernetworkInputSpec(num_frames=5, fps=2.0, video_size=48, prompt="Watch.", generation_prompt=True)
+    assert model.base_model.input_spec == expected
+    assert VideoTextCollator.from_model(model).spec == expected
+
+
+def test_the_student_prompt_in_training_is_the_prompt_asked_at_inference(hyper_model, clips):
+    collator = VideoTextCollator.from_model(hyper_model)
+    batch = collator([{"video": clips[0], "prompt": QUESTION, "target": "red"}])
+    asked = hyper_model.text_inputs(QUESTION)["input_ids"][0].tolist()
+    assert batch["input_ids"][0, : len(asked)].tolist() == asked
+    assert (batch["labels"][0, : len(asked)] == -100).all() and (batch["labels"][0, len(asked) :] != -100).any()
+
+
+def test_answer_is_generate_on_the_one_public_prompt(hyper_model, clips):
+    hyper_model.eval()
+    tuner = hyper_model.base_model
+    questions = [QUESTION, "What moves?"]
+    inputs = hyper_model.text_inputs(questions)
+    assert not (inputs["input_ids"] == tuner.processor.image_token_id).any()  # zero visual tokens
+    assert inputs["attention_mask"][:, -1].all()  # left-padded for batched generation
+
+    def greedy(generate, inputs) -> list[str]:
+        with torch.no_grad():
+            out = generate(**inputs, max_new_tokens=4, do_sample=False)
+        return [
+            t.strip()
+            for t in tuner.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        ]
+
+    hyper_model.internalize(clips[0], adapter_name="a")
+    hyper_model.internalize(clips[1], adapter_name="b")
+    hyper_model.set_adapter("a")
+    as_a = greedy(hyper_model.generate, inputs)
+    assert hyper_model.answer(questions, max_new_tokens=4) == as_a
+    assert hyper_model.answer(QUESTION, max_new_tokens=4) == as_a[0]  # a string for a string
+    hyper_model.set_adapter("b")
+    as_b = greedy(hyper_model.generate, inputs)
+    assert hyper_model.answer(questions, adapter_names=["a", "b"], max_new_tokens=4) == [as_a[0], as_b[1]]
+
+    videos = [load_video(clips[0], num_frames=4), load_video(clips[1], num_frames=4)]
+    with tuner.generated_adapters_disabled():
+        in_context = greedy(tuner.model.generate, hyper_model.video_inputs(videos, questions))
+    assert hyper_model.answer(questions, videos=videos, max_new_tokens=4) == in_context
+    assert hyper_model.active_adapters == ["b"]  # answering with videos left the active adapter as it was
 
 
 def test_video_inputs_pad_left_for_batched_generation(vlm, clips):
@@ -418,8 +459,8 @@ def test_video_inputs_pad_left_for_batched_generation(vlm, clips):
     videos = [load_video(clips[0], num_frames=4), load_video(clips[1], num_frames=4)]
     prompts = ["colour?", "which way does the small red square move after the circle appears?"]
     side = tuner.processor.tokenizer.padding_side
-    left = tuner.video_inputs(videos, prompts, add_generation_prompt=True, padding_side="left")["attention_mask"]
-    right = tuner.video_inputs(videos, prompts, add_generation_prompt=True, padding_side="right")["attention_mask"]
+    left = tuner.video_inputs(videos, prompts, padding_side="left")["attention_mask"]
+    right = tuner.video_inputs(videos, prompts, padding_side="right")["attention_mask"]
     assert left[0, 0] == 0 and left[0, -1] == 1 and left[1].all()
     assert right[0, 0] == 1 and right[0, -1] == 0
     assert tuner.processor.tokenizer.padding_side == side  # a per-call option, the tokenizer is left as it was

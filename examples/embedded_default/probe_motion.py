@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -99,7 +100,9 @@ def extract(
         for i, spec in enumerate(specs, start):
             path = write_clip(spec, workdir / split / f"{i:06d}.mp4", num_frames, 64)
             videos.append(load_video(path, num_frames=num_frames))
-        inputs = tuner.video_inputs(videos, prompt, generation_prompt)
+        inputs = tuner.hypernetwork_inputs(
+            videos, replace(tuner.input_spec, prompt=prompt, generation_prompt=generation_prompt)
+        )
         captured: list[torch.Tensor] = []  # layers arrive in ascending order
         stream_decoder_layer_inputs(tuner.model, inputs, layers, lambda _, s, into=captured: into.append(s.half()))
         states.append(torch.stack(captured, dim=1))

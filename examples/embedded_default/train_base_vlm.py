@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from transformers import AutoProcessor, SmolVLMForConditionalGeneration
 
 from peft_hyper import synthetic as S
-from peft_hyper.hidden_states import build_video_inputs
+from peft_hyper.inputs import build_video_inputs
 from peft_hyper.testing_utils import build_smolvlm_tokenizer, build_tiny_smolvlm
 from peft_hyper.video import Video, load_video
 

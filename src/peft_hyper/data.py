@@ -26,9 +26,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from .config import DEFAULT_INTERNALIZE_PROMPT
 from .errors import DatasetValidationError, InvalidRowError, ManifestError, PeftHyperError
-from .hidden_states import HYPERNETWORK_INPUT_FIELDS, build_hypernetwork_inputs, build_video_inputs
+from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_video_inputs, text_prompt
 from .model import HyperLoraModel
 from .video import Video, load_video
 
@@ -240,9 +239,8 @@ class VideoTextCollator:
 
     Args:
         processor: the base model's `SmolVLMProcessor`.
-        num_frames / fps / video_size / internalize_prompt / internalize_generation_prompt: how videos are sampled
-            and shown to the hypernetwork (take them from the `HyperLoraConfig`; [`VideoTextCollator.from_model`]
-            does).
+        spec: how videos are sampled and shown to the hypernetwork — the model's `input_spec`
+            ([`VideoTextCollator.from_model`] takes it from the model).
         with_teacher: also build `teacher_*` inputs (video + prompt + the same answer tokens), for KL objectives.
         with_target: rows carry a `target` (False builds generation inputs only, for teacher-target caching).
         on_bad_row: `"skip"` drops a row whose video cannot be decoded (or whose prompt/target is missing, or whose
@@ -252,11 +250,7 @@ class VideoTextCollator:
     """
 
     processor: Any
-    num_frames: int = 12
-    fps: float | None = None
-    video_size: int | None = None
-    internalize_prompt: str = DEFAULT_INTERNALIZE_PROMPT
-    internalize_generation_prompt: bool = False
+    spec: HypernetworkInputSpec
     with_teacher: bool = False
     with_target: bool = True
     on_bad_row: Literal["skip", "raise"] = "skip"
@@ -271,9 +265,7 @@ class VideoTextCollator:
     def from_model(cls, model: Any, **kwargs: Any) -> VideoTextCollator:
         """A collator matching the active hypernetwork of `model` (a `PeftModel` or `HyperLoraModel`)."""
         tuner = model if isinstance(model, HyperLoraModel) else model.base_model
-        config = tuner.hyper_config
-        defaults = {name: getattr(config, name) for name in ("num_frames", *HYPERNETWORK_INPUT_FIELDS)}
-        return cls(processor=tuner.processor, **{**defaults, **kwargs})
+        return cls(**{"processor": tuner.processor, "spec": tuner.input_spec, **kwargs})
 
     @property
     def tokenizer(self) -> Any:
@@ -309,7 +301,7 @@ class VideoTextCollator:
         video = loaded_videos.get(key) if key is not None else None
         if video is None:
             try:
-                video = load_video(source, num_frames=self.num_frames, fps=self.fps)
+                video = load_video(source, num_frames=self.spec.num_frames, fps=self.spec.fps)
             except _BAD_VIDEO_ERRORS as exc:
                 video = exc
             if key is not None:
@@ -343,12 +335,10 @@ class VideoTextCollator:
         return ids
 
     def _student_prompt_ids(self, prompt: str) -> list[int]:
-        conversation = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text_prompt(self.processor, prompt), add_special_tokens=False)["input_ids"]
 
     def _teacher_prompt(self, video: Video, prompt: str) -> dict[str, torch.Tensor]:
-        return build_video_inputs(self.processor, [video], prompt, self.video_size, add_generation_prompt=True)
+        return build_video_inputs(self.processor, [video], prompt, self.spec.video_size, add_generation_prompt=True)
 
     def _pad_id(self) -> int:
         tokenizer = self.tokenizer
@@ -389,7 +379,7 @@ class VideoTextCollator:
         slot_of_video: dict[int, int] = {}  # id(Video) → position among the batch's distinct videos
         video_index = [slot_of_video.setdefault(id(video), len(slot_of_video)) for video in videos]
         distinct = list({id(video): video for video in videos}.values())
-        hyper = build_hypernetwork_inputs(self.processor, distinct, self)
+        hyper = build_hypernetwork_inputs(self.processor, distinct, self.spec)
         for key, value in hyper.items():
             batch[f"hyper_{key}"] = value
         batch["video_index"] = torch.tensor(video_index, dtype=torch.long)

@@ -1,5 +1,5 @@
-"""Stages 2–3 of the data flow: frames → processor inputs (SmolVLMProcessor's chat template with a video entry) →
-the text decoder's per-layer input states from one no-grad forward of the frozen VLM.
+"""Stage 3 of the data flow: processor inputs (`inputs.py`) → the text decoder's per-layer input states from one
+no-grad forward of the frozen VLM.
 
 States are handed to a callback layer by layer as the forward reaches each layer, so a caller that consumes them at
 once (the hypernetwork does) never holds more than one layer's states, and the forward stops after the last layer
@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
-from transformers import BatchFeature, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-from .video import Video
 
 _DECODER_LAYER = re.compile(r"(?:^|.*\.)text_model\.layers\.(\d+)\.(.+)$")
 
@@ -36,74 +32,6 @@ def text_decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(
         f"{type(model).__name__} has no `text_model.layers`: peft-hyper supports SmolVLM-family models "
         "(SmolVLMForConditionalGeneration)."
-    )
-
-
-def build_video_inputs(
-    processor: ProcessorMixin,
-    videos: Sequence[Video],
-    prompt: str | Sequence[str],
-    video_size: int | None = None,
-    add_generation_prompt: bool = False,
-    padding_side: str | None = None,
-) -> BatchFeature:
-    """One user turn per video — the video, then its prompt (one for all, or one per video) — formatted and
-    tokenised by the processor; `padding_side="left"` for batched generation (default: the tokenizer's).
-
-    Returns `input_ids`/`attention_mask` `(B, S)` and `pixel_values` `(B, T_max, 3, H, W)`.
-    """
-    prompts = [prompt] * len(videos) if isinstance(prompt, str) else list(prompt)
-    if len(prompts) != len(videos):
-        raise ValueError(f"Got {len(prompts)} prompts for {len(videos)} videos.")
-    conversations = [
-        [{"role": "user", "content": [{"type": "video", "video": video.frames}, {"type": "text", "text": text}]}]
-        for video, text in zip(videos, prompts, strict=True)
-    ]
-    processor_kwargs: dict[str, Any] = {
-        "video_metadata": [video.metadata for video in videos],
-        "do_sample_frames": False,  # frames were sampled by `load_video`
-        "padding": True,
-    }
-    if video_size is not None:
-        processor_kwargs["size"] = {"longest_edge": video_size}
-    if padding_side is not None:
-        processor_kwargs["padding_side"] = padding_side
-    return processor.apply_chat_template(
-        conversations,
-        add_generation_prompt=add_generation_prompt,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs=processor_kwargs,
-    )
-
-
-# The `HyperLoraConfig` fields, besides `num_frames`, that change what the hypernetwork reads from a video. A
-# `VideoTextCollator` carries the same fields; the evaluation cache keys adapter predictions on them.
-HYPERNETWORK_INPUT_FIELDS: tuple[str, ...] = (
-    "internalize_prompt",
-    "internalize_generation_prompt",
-    "video_size",
-    "fps",
-)
-
-
-def build_hypernetwork_inputs(
-    processor: ProcessorMixin, videos: Sequence[Video], settings: Any, padding_side: str | None = None
-) -> BatchFeature:
-    """The hypernetwork's inputs: each video, then `settings.internalize_prompt` (and the assistant turn's opening iff
-    `settings.internalize_generation_prompt`), frames at `settings.video_size`.
-
-    `settings` is a `HyperLoraConfig`, or anything with its `HYPERNETWORK_INPUT_FIELDS` (a `VideoTextCollator`), so
-    training, inference and evaluation format the input in this one place. Shapes as [`build_video_inputs`].
-    """
-    return build_video_inputs(
-        processor,
-        videos,
-        settings.internalize_prompt,
-        settings.video_size,
-        add_generation_prompt=bool(settings.internalize_generation_prompt),
-        padding_side=padding_side,
     )
 
 

@@ -38,13 +38,9 @@ from .errors import (
     MissingProcessorError,
 )
 from .generated_adapters import GeneratedAdapters, check_lora_state_dict
-from .hidden_states import (
-    build_hypernetwork_inputs,
-    build_video_inputs,
-    split_decoder_module_name,
-    stream_decoder_layer_inputs,
-)
+from .hidden_states import split_decoder_module_name, stream_decoder_layer_inputs
 from .hypernetwork import HyperNetwork, LoraTarget
+from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_text_inputs, build_video_inputs
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .saving import atomic_directory
 from .video import Video, VideoInput, load_video
@@ -403,11 +399,20 @@ class HyperLoraModel(BaseTuner):
                 continue
         return None
 
-    # ------------------------------------------------------------------ video → LoRA
-    def _as_videos(self, video: Any, num_frames: int | None, fps: float | None) -> tuple[list[Video], bool]:
-        config = self.hyper_config
-        num_frames = config.num_frames if num_frames is None else num_frames
-        fps = fps if fps is not None else config.fps
+    # ------------------------------------------------------------------ inputs and answers
+    @property
+    def input_spec(self) -> HypernetworkInputSpec:
+        """How the active hypernetwork reads a video (frames, fps, size, prompt, generation prompt)."""
+        return HypernetworkInputSpec.from_config(self.hyper_config)
+
+    def load_videos(
+        self, video: VideoInput | Sequence[VideoInput], num_frames: int | None = None, fps: float | None = None
+    ) -> tuple[list[Video], bool]:
+        """Decode and sample one video or a list of them as the active hypernetwork reads videos (`num_frames` /
+        `fps` override its spec). Returns the videos and whether the input was a list."""
+        spec = self.input_spec
+        num_frames = spec.num_frames if num_frames is None else num_frames
+        fps = spec.fps if fps is None else fps
         from PIL import Image
 
         batched = isinstance(video, (list, tuple)) and not all(isinstance(v, Image.Image) for v in video)
@@ -416,26 +421,70 @@ class HyperLoraModel(BaseTuner):
         items = list(video) if batched else [video]
         return [load_video(v, num_frames=num_frames, fps=fps) for v in items], batched
 
-    def video_inputs(
-        self,
-        videos: Sequence[Video],
-        prompt: str | Sequence[str] | None = None,
-        add_generation_prompt: bool | None = None,
-        padding_side: str | None = None,
+    def hypernetwork_inputs(
+        self, videos: Sequence[Video], spec: HypernetworkInputSpec | None = None, padding_side: str | None = None
     ) -> dict[str, torch.Tensor]:
-        """Processor inputs for `videos` followed by `prompt`, on the model's device and dtype.
+        """The hypernetwork's inputs for `videos`: each video then the internalization prompt of `spec` (default: the
+        active hypernetwork's `input_spec`), on the model's device and dtype. `input_ids`/`attention_mask` `(B, S)`,
+        `pixel_values` `(B, T, 3, P, P)`."""
+        spec = self.input_spec if spec is None else spec
+        return self._on_device(build_hypernetwork_inputs(self.processor, videos, spec, padding_side))
 
-        Without a prompt these are the hypernetwork's inputs (`internalize_prompt`, and the generation prompt iff
-        `internalize_generation_prompt`); for video-in-context answers pass the question and
-        `add_generation_prompt=True` (and `padding_side="left"` to generate for a batch)."""
-        config = self.hyper_config
-        if prompt is None and add_generation_prompt is None:
-            batch = build_hypernetwork_inputs(self.processor, videos, config, padding_side)
-        else:
-            prompt = config.internalize_prompt if prompt is None else prompt
-            batch = build_video_inputs(
-                self.processor, videos, prompt, config.video_size, bool(add_generation_prompt), padding_side
-            )
+    def text_inputs(self, questions: str | Sequence[str], padding_side: str = "left") -> dict[str, torch.Tensor]:
+        """Inputs that ask `questions` (one per row) with no video in context — zero visual tokens — on the model's
+        device; left-padded for batched generation. `input_ids`/`attention_mask` `(B, S)`."""
+        return self._on_device(build_text_inputs(self.processor, questions, padding_side))
+
+    def video_inputs(
+        self, videos: Sequence[Video], questions: str | Sequence[str], padding_side: str = "left"
+    ) -> dict[str, torch.Tensor]:
+        """Inputs that ask `questions` (one for all videos, or one per video) with the video in context — the
+        baseline an adapter replaces — up to the assistant's turn, on the model's device and dtype."""
+        batch = build_video_inputs(
+            self.processor, videos, questions, self.input_spec.video_size, True, padding_side=padding_side
+        )
+        return self._on_device(batch)
+
+    def answer(
+        self,
+        questions: str | Sequence[str],
+        adapter_names: str | Sequence[str] | None = None,
+        videos: Sequence[VideoInput] | None = None,
+        max_new_tokens: int = 16,
+        **generate_kwargs: Any,
+    ) -> str | list[str]:
+        """Answer `questions` greedily in one batch and return the decoded answers (a string for a string).
+
+        Args:
+            questions: a question, or one per row.
+            adapter_names: the generated adapter to answer with, or one per question (`"__base__"` for the base
+                model); `None` uses the active adapter(s). Questions are asked text-only: zero visual tokens.
+            videos: instead of an adapter, ask with these videos in context (one per question; generated adapters
+                off): the baseline.
+            max_new_tokens / generate_kwargs: passed to `generate`.
+        """
+        single = isinstance(questions, str)
+        questions = [questions] if single else list(questions)
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, **generate_kwargs}
+        with self._lock:
+            if videos is not None:
+                loaded, _ = self.load_videos(list(videos))
+                inputs = self.video_inputs(loaded, questions)
+                with self.generated_adapters_disabled(), torch.no_grad():
+                    output = self.model.generate(**inputs, **kwargs)
+            else:
+                inputs = self.text_inputs(questions)
+                if isinstance(adapter_names, str):
+                    adapter_names = [adapter_names] * len(questions)
+                if adapter_names is not None:
+                    kwargs["adapter_names"] = list(adapter_names)
+                with torch.no_grad():
+                    output = self.generate(**inputs, **kwargs)
+        texts = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers = [text.strip() for text in texts]
+        return answers[0] if single else answers
+
+    def _on_device(self, batch: Any) -> dict[str, torch.Tensor]:
         param = next(self.model.parameters())
         inputs = {}
         for name in _MODEL_INPUT_NAMES:
@@ -444,6 +493,7 @@ class HyperLoraModel(BaseTuner):
                 inputs[name] = value.to(param.dtype) if value.is_floating_point() else value
         return inputs
 
+    # ------------------------------------------------------------------ video → LoRA
     @_serialized
     def generate_lora_factors(self, inputs: dict[str, torch.Tensor], grad: bool = False) -> LoraFactors:
         """Run the frozen VLM once over processor `inputs` and the active hypernetwork on each needed layer.
@@ -482,9 +532,9 @@ class HyperLoraModel(BaseTuner):
         Returns:
             A state dict, or a list of state dicts for a list input. Tensors are float32, on the model's device.
         """
-        videos, batched = self._as_videos(video, num_frames, fps)
+        videos, batched = self.load_videos(video, num_frames, fps)
         with torch.no_grad():
-            factors = self.generate_lora_factors(self.video_inputs(videos))
+            factors = self.generate_lora_factors(self.hypernetwork_inputs(videos))
         state_dicts = factors_to_state_dicts(factors)
         for state_dict in state_dicts:
             check_finite(state_dict, "generated adapter")

@@ -613,7 +613,6 @@ def cache_teacher_targets(
             record = json.loads(line)
             results[record["index"]] = record["target"]
     todo = [i for i in range(len(dataset)) if i not in results]
-    processor = tuner.processor
     vlm = tuner.model
     was_training = vlm.training
     vlm.eval()
@@ -638,12 +637,9 @@ def cache_teacher_targets(
                 usable.append((position, loaded))
             if usable:
                 videos, prompts = [row.video for _, row in usable], [row.prompt for _, row in usable]
-                inputs = tuner.video_inputs(videos, prompts, add_generation_prompt=True, padding_side="left")
-                with torch.no_grad(), tuner.generated_adapters_disabled():
-                    generated = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-                texts = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+                texts = tuner.answer(prompts, videos=videos, max_new_tokens=max_new_tokens)
                 for (position, _), text in zip(usable, texts, strict=True):
-                    answers[position] = text.strip()
+                    answers[position] = text
             lines = [json.dumps({"index": i, "target": a}) for i, a in zip(indices, answers, strict=True)]
             atomic_write_text(shards / f"shard-{indices[0]:09d}.jsonl", "\n".join(lines) + "\n", clean=False)
             results.update(zip(indices, answers, strict=True))

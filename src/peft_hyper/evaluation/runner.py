@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from ..data import load_manifest, video_key
 from ..errors import PeftHyperError
-from ..hidden_states import HYPERNETWORK_INPUT_FIELDS
 from ..video import Video, load_video
 from .metrics import JudgeFn, load_metric, per_item_scores
 from .report import BenchmarkResult, EvaluationResults, ReportFiles, write_report
@@ -161,7 +160,7 @@ def evaluate_adapters(
     cache = _PredictionCache(
         output / "predictions.jsonl" if output else None,
         f"{_fingerprint(p for n, p in tuner.model.named_parameters() if 'lora_' not in n)}|{max_new_tokens}",
-        "|" + _fingerprint(tuner.hypernetwork.parameters()) + "|" + _hypernetwork_input_key(tuner.hyper_config),
+        "|" + _fingerprint(tuner.hypernetwork.parameters()) + "|" + tuner.input_spec.cache_key(),
     )
     model.eval()
 
@@ -248,11 +247,6 @@ def evaluate_adapters(
     return run
 
 
-def _hypernetwork_input_key(config: Any) -> str:
-    """The config fields that change what the hypernetwork reads (the frame count is part of every cache key)."""
-    return json.dumps([getattr(config, name) for name in HYPERNETWORK_INPUT_FIELDS])
-
-
 def _fingerprint(parameters: Iterable[torch.Tensor]) -> str:
     """A cheap identity of a set of weights: a hash of the first 1,024 values of each tensor, and of its shape."""
     digest = hashlib.sha1()
@@ -330,11 +324,9 @@ def _predict(
         prompts = [item.prompt for item in batch]
         if condition == BASELINE:
             clips = [_video(videos[item.id], num_frames, size) for item in batch]
-            with model.base_model.generated_adapters_disabled():
-                answers = _generate_with_video(model, clips, prompts, max_new_tokens)
+            answers = tuner.answer(prompts, videos=clips, max_new_tokens=max_new_tokens)
         elif condition == "no_video":
-            with model.base_model.generated_adapters_disabled():
-                answers = _generate_text_only(model, prompts, max_new_tokens)
+            answers = tuner.answer(prompts, adapter_names="__base__", max_new_tokens=max_new_tokens)
         else:
             if condition == "bias_only":
                 names = ["eval000"] * len(batch)
@@ -348,7 +340,7 @@ def _predict(
                 for source, state_dict in zip(unique, tuner.generate_adapter(clips), strict=True):
                     tuner.load_generated_adapter(state_dict, slot[source], activate=False)
                 names = [slot[source] for source in sources]
-            answers = _generate_text_only(model, prompts, max_new_tokens, adapter_names=names)
+            answers = tuner.answer(prompts, adapter_names=names, max_new_tokens=max_new_tokens)
         for item, answer in zip(batch, answers, strict=True):
             cache.add(keys[item.id], answer)
     tuner.set_adapter(tuner.active_hypernetwork)
@@ -370,53 +362,6 @@ def _derangement(ids: list[str], videos: Mapping[str, Any], seed: int) -> dict[s
         else:
             raise ValueError("The shuffled control needs at least two different videos.")
     return donor
-
-
-def _decode_new_tokens(processor: Any, output: torch.Tensor, prompt_length: int) -> list[str]:
-    texts = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-    return [text.strip() for text in texts]
-
-
-def _generate_text_only(
-    model: Any, prompts: Sequence[str], max_new_tokens: int, adapter_names: Sequence[str] | None = None
-) -> list[str]:
-    processor = model.base_model.processor
-    texts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": prompt}]}], add_generation_prompt=True
-        )
-        for prompt in prompts
-    ]
-    with _left_padding(processor):
-        inputs = processor(text=texts, return_tensors="pt", padding=True)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
-    kwargs = {"adapter_names": list(adapter_names)} if adapter_names else {}
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
-    return _decode_new_tokens(processor, output, inputs["input_ids"].shape[1])
-
-
-def _generate_with_video(model: Any, clips: Sequence[Video], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    tuner = model.base_model
-    processor = tuner.processor
-    inputs = tuner.video_inputs(clips, prompts, add_generation_prompt=True, padding_side="left")
-    with torch.no_grad():
-        output = tuner.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return _decode_new_tokens(processor, output, inputs["input_ids"].shape[1])
-
-
-class _left_padding:
-    """Pad prompts on the left for batched generation, restoring the tokenizer's side afterwards."""
-
-    def __init__(self, processor: Any) -> None:
-        self.tokenizer = processor.tokenizer
-
-    def __enter__(self) -> None:
-        self.side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"
-
-    def __exit__(self, *exc: object) -> None:
-        self.tokenizer.padding_side = self.side
 
 
 def _score(
