@@ -49,3 +49,7 @@ class InvalidRowError(PeftHyperError, ValueError):
 
 class MissingProcessorError(PeftHyperError, RuntimeError):
     """No processor is attached to the model and none could be found next to the checkpoint or the base model."""
+
+
+class InvalidSamplingError(PeftHyperError, ValueError):
+    """A frame-sampling argument (`num_frames`, `fps`, `source_fps`) has the wrong type or is out of range."""
