@@ -357,3 +357,16 @@ def test_constant_rate_video_keeps_its_frames_and_prompt(tmp_path, processor, ra
         assert torch.equal(video.frames, every_frame.frames[indices])
         fields = {name: getattr(video.metadata, name) for name in VideoMetadata.__dataclass_fields__}
         assert _prompt_timestamps(processor, video) == _prompt_timestamps(processor, video, VideoMetadata(**fields))
+
+
+def test_no_uint8_frame_normalises_to_a_smolvlm_padding_frame(processor):
+    """SmolVLM drops frames whose `pixel_values` are all exactly 0 as padding. With mean = std = 0.5 that needs the
+    level 127.5, which a uint8 frame cannot have: mid-grey 127 and 128 become -1/255 and +1/255."""
+    levels = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1).expand(256, 3, 48, 64)
+    checkerboard = torch.full((1, 3, 64, 64), 127, dtype=torch.uint8)
+    checkerboard[..., ::2, ::2] = checkerboard[..., 1::2, 1::2] = 128  # 127.5 on average, were it resized in floats
+    for frames in (levels, checkerboard):
+        inputs = processor.video_processor(videos=[frames.contiguous()], do_sample_frames=False, return_tensors="pt")
+        pixel_values = inputs["pixel_values"][0]
+        assert not (pixel_values == 0).flatten(1).all(dim=1).any()
+        assert pixel_values.abs().min().item() == pytest.approx(1 / 255)
