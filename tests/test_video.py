@@ -32,7 +32,10 @@ def test_path_bytes_and_file_object_decode_identically(clips):
     with open(clips[0], "rb") as handle:
         data = handle.read()
     from_bytes = load_video(data, num_frames=5)
-    from_file = load_video(io.BytesIO(data), num_frames=5)
+    handle = io.BytesIO(data)
+    from_file = load_video(handle, num_frames=5)
+    with pytest.raises(VideoDecodeError, match=r"\.seek\(0\)"):
+        load_video(handle, num_frames=5)  # read to its end by the first call
     assert from_path.frames.shape == (5, 3, 48, 64)
     assert from_path.frames.dtype == torch.uint8
     assert torch.equal(from_path.frames, from_bytes.frames)

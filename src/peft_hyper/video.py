@@ -8,6 +8,7 @@ time, not in frame count. The frames come with a `TimedVideoMetadata` (a `transf
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import numbers
@@ -226,6 +227,10 @@ def _is_positive_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
 
 
+def _positive_or_none(value: Any) -> float | None:
+    return float(value) if _is_positive_real(value) else None
+
+
 def _check_path(source: str | os.PathLike) -> str:
     path = Path(source)
     try:
@@ -252,13 +257,14 @@ def _decode(source: Any, num_frames: int, fps: float | None) -> Video:
         meta = decoder.metadata
         total = meta.num_frames
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
+        at_start = "" if isinstance(source, (str, bytes)) else ", read from its start (`.seek(0)` it first)"
         raise VideoDecodeError(
             f"Could not open {name} as a video ({exc}). Check that it is a complete video file (e.g. mp4, webm) that "
-            "FFmpeg can read."
+            f"FFmpeg can read{at_start}."
         ) from exc
     if not total:
         raise EmptyVideoError(f"{name} contains no video frames. Pass a video with at least one frame.")
-    average_fps = float(meta.average_fps) if meta.average_fps and math.isfinite(meta.average_fps) else None
+    average_fps = _positive_or_none(meta.average_fps)
     begin = float(meta.begin_stream_seconds or 0.0)
     if pts is not None and len(pts) == total:
         end = float(meta.end_stream_seconds) if meta.end_stream_seconds is not None else float(pts[-1])
@@ -285,7 +291,7 @@ def _decode(source: Any, num_frames: int, fps: float | None) -> Video:
         fps=average_fps,
         width=frames.shape[-1],
         height=frames.shape[-2],
-        duration=float(meta.duration_seconds) if meta.duration_seconds else None,
+        duration=_positive_or_none(meta.duration_seconds),
         video_backend="torchcodec",
         frames_indices=indices,
         frames_timestamps=timestamps,
@@ -312,7 +318,8 @@ def _presentation_times(source: Any) -> np.ndarray | None:
         return None
     finally:
         if position is not None:
-            source.seek(position)
+            with contextlib.suppress(Exception):  # if it cannot seek back, the decoder fails to open it and says so
+                source.seek(position)
 
 
 def _check_frame_tensor(frames: torch.Tensor) -> torch.Tensor:
