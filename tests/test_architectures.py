@@ -10,7 +10,7 @@ from transformers import SmolVLMForConditionalGeneration
 from peft_hyper import HyperLoraConfig
 from peft_hyper.testing_utils import smolvlm2_config
 
-# (text hidden size, decoder layers, down_proj in-features) from method-notes.
+# (text hidden size, decoder layers, down_proj in-features) of the published SmolVLM2 configs.
 ARCHITECTURES = {"256M": (576, 30, 1536), "500M": (960, 32, 2560), "2.2B": (2048, 24, 8192)}
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from .errors import DatasetValidationError, InvalidRowError, ManifestError, PeftHyperError
+from .errors import DatasetValidationError, InvalidRowError, InvalidSamplingError, ManifestError, PeftHyperError
 from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_video_inputs, text_prompt
 from .model import HyperLoraModel
 from .video import Video, load_video
@@ -302,6 +302,8 @@ class VideoTextCollator:
         if video is None:
             try:
                 video = load_video(source, num_frames=self.spec.num_frames, fps=self.spec.fps)
+            except InvalidSamplingError:
+                raise  # a configuration error, not a bad row
             except _BAD_VIDEO_ERRORS as exc:
                 video = exc
             if key is not None:

@@ -62,3 +62,7 @@ class IncompleteCheckpointError(PeftHyperError, ValueError):
 class OutputPathError(PeftHyperError, OSError):
     """An output path cannot be written: it is a file where a directory is needed (or the reverse), its parent is not
     writable, or it is a directory that must not be replaced wholesale (the working directory, home, a mount point)."""
+
+
+class InvalidSamplingError(PeftHyperError, ValueError):
+    """A frame-sampling argument (`num_frames`, `fps`, `source_fps`) has the wrong type or is out of range."""

@@ -5,9 +5,9 @@ normalised clip time ``t in [0, 1]``. A clip is fully described by a JSON-serial
 so the *same events* can be rendered at any frame count and resolution ([`render_clip`], [`write_clip`]), and exact
 ground truth is available for captioning ([`caption`]) and question answering ([`questions`]).
 
-Design choices follow facts measured when training tiny SmolVLM models from scratch (see ``method-notes.md``): objects
+Design choices follow facts measured when training tiny SmolVLM models from scratch (`docs/embedded_default.md`): objects
 cover 28-42% of the frame side, moving objects cross most of the frame while visible, colours are saturated and the
-background is never mid-grey (SmolVLM drops frames whose normalised pixels are all zero as padding).
+background is dark.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "magenta": (225, 40, 225),
 }
-# Dark backgrounds: every object colour contrasts with every background, and none is mid-grey.
+# Dark backgrounds: every object colour contrasts with every background.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (12, 12, 12),
     "navy": (16, 20, 72),

@@ -351,7 +351,7 @@ def save_tiny_smolvlm(
     return save_directory
 
 
-# Real SmolVLM2 architectures. Sources: the table of /work/shared/method-notes.md (text hidden/layers/heads/kv heads,
+# Real SmolVLM2 architectures, from the models' published `config.json`s (text hidden/layers/heads/kv heads,
 # intermediate, vision hidden/layers/patch/image size, scale_factor, vocab 49280, image_token_id 49190, max positions
 # 8192, rope_theta 1e5 for 256M/500M, rms_norm_eps 1e-5). The vision towers are SigLIP checkpoints:
 # `google/siglip-base-patch16-512` for 256M/500M (intermediate 3072, 12 heads) and `google/siglip-so400m-patch14-384`
@@ -519,8 +519,8 @@ def make_test_frames(
     Synthetic frames: a coloured square on a coloured background, both drawn from `seed`.
 
     For `"moving_square"` the square moves linearly from one side of the frame to the other (direction and start
-    drawn from `seed`); for `"static_square"` it stays put. Channel values are kept away from mid-grey, so no frame
-    normalises to all zeros (SmolVLM would drop it as padding).
+    drawn from `seed`); for `"static_square"` it stays put. Background channels are drawn from [0, 80) and the
+    square's from [150, 256), so the square always stands out.
 
     Returns:
         `torch.Tensor` of shape `(num_frames, 3, height, width)` and dtype `uint8`.

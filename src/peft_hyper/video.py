@@ -1,12 +1,17 @@
 """Stage 1 of the data flow: a video (path, bytes, file object, frame tensor or PIL images) → sampled uint8 frames.
 
-Decoding is torchcodec's. The frames come with a `transformers.video_utils.VideoMetadata` whose `frames_indices` and
-`fps` give each frame's timestamp, which `SmolVLMProcessor` writes into the prompt.
+Decoding is torchcodec's. Frames are sampled by presentation time, so a variable-frame-rate video is sampled evenly in
+time, not in frame count. The frames come with a `TimedVideoMetadata` (a `transformers` `VideoMetadata`) whose
+`timestamps` are the sampled frames' presentation times; `SmolVLMProcessor` writes them into the prompt
+("Frame from MM:SS").
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +22,35 @@ import numpy as np
 import torch
 from transformers.video_utils import VideoMetadata
 
-from .errors import EmptyVideoError, InvalidFramesError, VideoDecodeError, VideoNotFoundError
+from .errors import EmptyVideoError, InvalidFramesError, InvalidSamplingError, VideoDecodeError, VideoNotFoundError
 
 VideoInput = Union[str, os.PathLike, bytes, io.IOBase, torch.Tensor, Sequence[Any], "Video"]
+
+_INPUT_KINDS = "a path, bytes, a binary file object, a uint8 tensor (T, 3, H, W) or a list of PIL images"
+
+
+@dataclass
+class TimedVideoMetadata(VideoMetadata):
+    """`VideoMetadata` that carries each sampled frame's presentation time.
+
+    `VideoMetadata.timestamps` is `frames_indices / fps`, which holds only at a constant frame rate.
+    `SmolVLMProcessor.replace_video_token` writes `metadata.timestamps` into the prompt, so this subclass returns the
+    real times instead. transformers keeps a list of `VideoMetadata` objects as they are (it rebuilds only dicts), so
+    pass `video_metadata` as a list, one entry per video, as `build_video_inputs` does.
+
+    Attributes:
+        frames_timestamps: seconds from the first frame of the video to each sampled frame, parallel to
+            `frames_indices`; `None` falls back to `frames_indices / fps`.
+    """
+
+    frames_timestamps: list[float] | None = None
+
+    @property
+    def timestamps(self) -> list[float]:
+        "Presentation times of the sampled frames in seconds, from the first frame of the video."
+        if self.frames_timestamps is None:
+            return super().timestamps
+        return list(self.frames_timestamps)
 
 
 @dataclass
@@ -28,7 +59,8 @@ class Video:
 
     Attributes:
         frames: `(T, 3, H, W)` uint8 RGB frames.
-        metadata: the source's frame count, fps and duration, and the indices of the sampled frames.
+        metadata: the source's frame count, average fps and duration, and the indices and presentation times of the
+            sampled frames (a `TimedVideoMetadata` from `load_video`).
     """
 
     frames: torch.Tensor
@@ -42,22 +74,82 @@ class Video:
 def sample_frame_indices(
     total_num_frames: int, source_fps: float | None, num_frames: int, fps: float | None = None
 ) -> list[int]:
-    """Indices of the frames to keep: `num_frames` spread uniformly, or one every `1/fps` seconds capped at
-    `num_frames` (uniform over the whole clip when the cap applies). Each index is the centre of its time slot."""
+    """Indices of the frames to keep from a constant-rate video (frame `i` shown at `i / source_fps` seconds).
+
+    The same rule as `sample_frames_by_time`: `num_frames` time slots over the clip, or one every `1/fps` seconds
+    capped at `num_frames` (uniform over the whole clip when the cap applies); each slot keeps the frame shown at its
+    centre. `source_fps` is needed only with `fps`.
+    """
+    num_frames, fps = _check_sampling(num_frames, fps)
     if total_num_frames < 1:
         raise EmptyVideoError("The video has no frames. Pass a video with at least one decodable frame.")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
-    count = min(num_frames, total_num_frames)
+    duration = None
     if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}.")
-        if source_fps is None or source_fps <= 0:
-            raise ValueError("Sampling by fps needs the source frame rate; pass `num_frames` instead.")
+        if source_fps is None or not _is_positive_real(source_fps):
+            raise InvalidSamplingError(
+                f"Sampling by fps needs the source frame rate, got {source_fps!r}; pass `num_frames` with `fps=None`."
+            )
         duration = total_num_frames / source_fps
-        count = max(1, min(count, int(round(duration * fps))))
-    slots = (np.arange(count) + 0.5) * total_num_frames / count
-    return np.clip(np.floor(slots).astype(int), 0, total_num_frames - 1).tolist()
+    count = _frame_count(num_frames, total_num_frames, duration, fps)
+    # Time is proportional to the index at a constant rate, so the slots are cut in frame units.
+    return _frames_at_slot_centres(np.arange(total_num_frames, dtype=np.float64), float(total_num_frames), count)
+
+
+def sample_frames_by_time(
+    pts_seconds: Sequence[float] | np.ndarray | torch.Tensor,
+    end_seconds: float,
+    num_frames: int,
+    fps: float | None = None,
+) -> list[int]:
+    """Indices of the frames to keep, chosen by presentation time.
+
+    The clip runs from the first frame's pts to `end_seconds` (when the last frame stops being shown). It is cut into
+    `count` equal time slots, `count = min(num_frames, number of frames)` or, with `fps`, `round(duration * fps)` capped
+    by that (at least 1), and each slot keeps the frame on screen at its centre: the last frame whose pts is at or
+    before it. Slots that fall on the same frame (a frame shown longer than a slot) keep it once, so fewer than `count`
+    frames may come back.
+
+    Args:
+        pts_seconds: `(N,)` presentation times of all frames, in presentation order.
+        end_seconds: end of the last frame (its pts plus its duration); at or before its pts, the median step
+            between frames is used as its duration.
+        num_frames: the number of frames to sample (an upper bound when `fps` is given).
+        fps: sample one frame every `1/fps` seconds instead of uniformly.
+
+    Returns:
+        Sorted, distinct indices into `pts_seconds`.
+    """
+    num_frames, fps = _check_sampling(num_frames, fps)
+    pts = np.asarray(pts_seconds, dtype=np.float64).reshape(-1)
+    if pts.size == 0:
+        raise EmptyVideoError("The video has no frames. Pass a video with at least one decodable frame.")
+    end = float(end_seconds)
+    if not end > pts[-1]:  # the last frame has no duration (some muxers write 0): give it the typical frame step
+        steps = np.diff(pts)
+        steps = steps[steps > 0]
+        end = float(pts[-1]) + (float(np.median(steps)) if steps.size else 0.0)
+    count = _frame_count(num_frames, pts.size, end - float(pts[0]), fps)
+    return _frames_at_slot_centres(pts, end, count)
+
+
+def _frame_count(num_frames: int, total: int, duration: float | None, fps: float | None) -> int:
+    count = min(num_frames, total)
+    if fps is not None and duration is not None:
+        wanted = duration * fps  # may overflow to inf for a huge fps: then the cap does not apply
+        if wanted < count:
+            count = max(1, int(round(wanted)))
+    return count
+
+
+def _frames_at_slot_centres(starts: np.ndarray, end: float, count: int) -> list[int]:
+    begin = float(starts[0])
+    span = max(end - begin, 0.0)
+    centres = begin + (np.arange(count) + 0.5) * span / count
+    # A billionth of the mean frame period: where a slot centre is exactly a frame's start, float rounding must not
+    # pick the frame before (at a constant rate this is the old `floor((k + 0.5) * N / count)` index rule).
+    tolerance = 1e-9 * span / starts.size
+    indices = np.searchsorted(starts, centres + tolerance, side="right") - 1
+    return np.unique(np.clip(indices, 0, starts.size - 1)).tolist()
 
 
 def load_video(
@@ -76,67 +168,158 @@ def load_video(
         source_fps: frame rate of pre-decoded frames (tensor or PIL input), used for timestamps.
 
     Returns:
-        `Video` with `frames` `(T, 3, H, W)` uint8, `T <= num_frames`.
+        `Video` with `frames` `(T, 3, H, W)` uint8, `T <= num_frames`, and `metadata.timestamps` the sampled frames'
+        presentation times.
+
+    Raises:
+        InvalidSamplingError: `num_frames`, `fps` or `source_fps` is not a positive (finite) number.
+        InvalidFramesError: the input is of the wrong type, or frames of the wrong dtype or shape.
+        VideoNotFoundError, EmptyVideoError, VideoDecodeError: the file is missing, empty or not a decodable video.
     """
+    num_frames, fps = _check_sampling(num_frames, fps)
+    if isinstance(source_fps, bool) or not _is_positive_real(source_fps):
+        raise InvalidSamplingError(
+            f"source_fps must be a positive, finite number of frames per second, got {source_fps!r}. Pass the frame "
+            "rate of your pre-decoded frames (it only sets their timestamps), e.g. source_fps=30.0."
+        )
+    source_fps = float(source_fps)
     if isinstance(source, Video):
         return source
     if isinstance(source, torch.Tensor):
         return _sample_decoded(_check_frame_tensor(source), num_frames, fps, source_fps)
+    if isinstance(source, np.ndarray):
+        raise InvalidFramesError(
+            "Got a numpy array; pass a torch tensor instead: `torch.from_numpy(frames)`, followed by "
+            "`.permute(0, 3, 1, 2)` if the frames are (T, H, W, 3)."
+        )
     if isinstance(source, (list, tuple)):
-        return _sample_decoded(_pil_to_tensor(source), num_frames, fps, source_fps)
+        return _sample_decoded(_check_frame_tensor(_pil_to_tensor(source)), num_frames, fps, source_fps)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise VideoNotFoundError(f"No video file at '{path}'. Check the path.")
-        if path.stat().st_size == 0:
-            raise EmptyVideoError(f"'{path}' is an empty file. Pass a video file that contains frames.")
-        source = str(path)
-    elif isinstance(source, (bytes, bytearray)):
+        source = _check_path(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise EmptyVideoError("The video bytes are empty. Pass the bytes of a whole video file.")
         source = bytes(source)
-    elif not isinstance(source, io.IOBase) and not hasattr(source, "read"):
+    elif isinstance(source, io.TextIOBase):
         raise InvalidFramesError(
-            f"Cannot read a video from a {type(source).__name__}. Pass a path, bytes, a binary file object, a uint8 "
-            "tensor (T, 3, H, W) or a list of PIL images."
+            "The file object is open in text mode; videos are binary. Open it with `open(path, 'rb')` or pass the path."
         )
+    elif not isinstance(source, io.IOBase) and not hasattr(source, "read"):
+        raise InvalidFramesError(f"Cannot read a video from a {type(source).__name__}. Pass {_INPUT_KINDS}.")
     return _decode(source, num_frames, fps)
+
+
+def _check_sampling(num_frames: Any, fps: Any) -> tuple[int, float | None]:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
+        raise InvalidSamplingError(
+            f"num_frames must be a positive int, got {num_frames!r}. Pass how many frames to sample, e.g. "
+            "num_frames=12."
+        )
+    if fps is not None and (isinstance(fps, bool) or not _is_positive_real(fps)):
+        raise InvalidSamplingError(
+            f"fps must be a positive, finite number or None, got {fps!r}. Pass e.g. fps=1.0 to sample one frame per "
+            "second (at most num_frames), or fps=None to sample num_frames spread over the whole video."
+        )
+    return int(num_frames), None if fps is None else float(fps)
+
+
+def _is_positive_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+
+
+def _positive_or_none(value: Any) -> float | None:
+    return float(value) if _is_positive_real(value) else None
+
+
+def _check_path(source: str | os.PathLike) -> str:
+    path = Path(source)
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+        size = path.stat().st_size if is_file else 0
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission on a parent folder
+        raise VideoNotFoundError(f"Cannot use {str(source)!r} as a video path ({exc}). Check the path.") from exc
+    if is_dir:
+        raise VideoNotFoundError(f"'{path}' is a folder, not a video file. Pass the path of a video file inside it.")
+    if not is_file:
+        raise VideoNotFoundError(f"No video file at '{path}'. Check the path.")
+    if size == 0:
+        raise EmptyVideoError(f"'{path}' is an empty file. Pass a video file that contains frames.")
+    return str(path)
 
 
 def _decode(source: Any, num_frames: int, fps: float | None) -> Video:
     from torchcodec.decoders import VideoDecoder
 
     name = source if isinstance(source, str) else f"<{type(source).__name__}>"
+    pts = _presentation_times(source)  # before the decoder opens a file object: the scan moves its position
     try:
         decoder = VideoDecoder(source, seek_mode="exact")
         meta = decoder.metadata
         total = meta.num_frames
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
+        at_start = "" if isinstance(source, (str, bytes)) else ", read from its start (`.seek(0)` it first)"
         raise VideoDecodeError(
             f"Could not open {name} as a video ({exc}). Check that it is a complete video file (e.g. mp4, webm) that "
-            "FFmpeg can read."
+            f"FFmpeg can read{at_start}."
         ) from exc
     if not total:
         raise EmptyVideoError(f"{name} contains no video frames. Pass a video with at least one frame.")
-    source_fps = float(meta.average_fps) if meta.average_fps else None
-    indices = sample_frame_indices(total, source_fps, num_frames, fps)
+    average_fps = _positive_or_none(meta.average_fps)
+    begin = float(meta.begin_stream_seconds or 0.0)
+    if pts is not None and len(pts) == total:
+        end = float(meta.end_stream_seconds) if meta.end_stream_seconds is not None else float(pts[-1])
+        indices = sample_frames_by_time(pts, end, num_frames, fps)
+        begin = float(pts[0])
+    else:  # no frame index (torchcodec < 0.17): assume a constant rate, as the container's average fps says
+        indices = sample_frame_indices(total, average_fps, num_frames, fps)
     try:
-        frames = decoder.get_frames_at(indices).data
+        batch = decoder.get_frames_at(indices)
+        frames = batch.data
     except Exception as exc:
         raise VideoDecodeError(
             f"Decoding frames {indices[0]}..{indices[-1]} of {name} failed ({exc}); the file is probably truncated or "
             "corrupt. Re-encode or re-download it."
         ) from exc
-    metadata = VideoMetadata(
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3 or 0 in frames.shape:
+        raise VideoDecodeError(
+            f"{name} decoded to frames of shape {tuple(frames.shape)} and dtype {frames.dtype}, not (T, 3, H, W) "
+            "uint8. Re-encode it as an 8-bit RGB/YUV video (e.g. H.264 yuv420p)."
+        )
+    timestamps = [max(0.0, float(t) - begin) for t in batch.pts_seconds.double().tolist()]
+    metadata = TimedVideoMetadata(
         total_num_frames=total,
-        fps=source_fps,
-        width=meta.width,
-        height=meta.height,
-        duration=float(meta.duration_seconds) if meta.duration_seconds else None,
+        fps=average_fps,
+        width=frames.shape[-1],
+        height=frames.shape[-2],
+        duration=_positive_or_none(meta.duration_seconds),
         video_backend="torchcodec",
         frames_indices=indices,
+        frames_timestamps=timestamps,
     )
     return Video(frames=frames.contiguous(), metadata=metadata)
+
+
+def _presentation_times(source: Any) -> np.ndarray | None:
+    """`(N,)` pts in seconds of every frame in presentation order, from a demuxing scan (no decoding), or `None` where
+    the installed torchcodec has no `Demuxer` or the source cannot be scanned (then `_decode` reports the error)."""
+    try:
+        from torchcodec.decoders import Demuxer
+    except ImportError:
+        return None
+    position = None
+    if not isinstance(source, (str, bytes)):
+        try:
+            position = source.tell()
+        except Exception:
+            return None  # an unseekable stream can be read only once: leave it to the decoder
+    try:
+        return Demuxer(source, streams="video").streams[0].scan().pts_seconds.numpy()
+    except Exception:
+        return None
+    finally:
+        if position is not None:
+            with contextlib.suppress(Exception):  # if it cannot seek back, the decoder fails to open it and says so
+                source.seek(position)
 
 
 def _check_frame_tensor(frames: torch.Tensor) -> torch.Tensor:
@@ -145,6 +328,11 @@ def _check_frame_tensor(frames: torch.Tensor) -> torch.Tensor:
             f"Frame tensors must be uint8 in [0, 255], got {frames.dtype}. Convert with "
             "`(frames * 255).round().clamp(0, 255).to(torch.uint8)` if they are floats in [0, 1]."
         )
+    if frames.ndim == 5:
+        raise InvalidFramesError(
+            f"Got a 5-D tensor {tuple(frames.shape)}; `load_video` takes one video (T, 3, H, W). Pass `frames[i]` "
+            "for each video of a batch."
+        )
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise InvalidFramesError(
             f"Frame tensors must have shape (T, 3, H, W), got {tuple(frames.shape)}. For (T, H, W, 3) frames use "
@@ -152,6 +340,10 @@ def _check_frame_tensor(frames: torch.Tensor) -> torch.Tensor:
         )
     if frames.shape[0] == 0:
         raise EmptyVideoError("The frame tensor holds zero frames. Pass at least one frame.")
+    if frames.shape[2] == 0 or frames.shape[3] == 0:
+        raise InvalidFramesError(
+            f"The frames are empty images, of shape {tuple(frames.shape)}. Pass frames at least 1x1 pixel in size."
+        )
     return frames
 
 
@@ -161,8 +353,21 @@ def _pil_to_tensor(images: Sequence[Any]) -> torch.Tensor:
     if len(images) == 0:
         raise EmptyVideoError("The list of images is empty. Pass at least one frame.")
     if not all(isinstance(image, Image.Image) for image in images):
-        raise InvalidFramesError("A list input must hold PIL images only (one per frame).")
-    arrays = [np.asarray(image.convert("RGB")) for image in images]
+        hint = ""
+        if all(isinstance(image, torch.Tensor) for image in images):
+            hint = " For a list of (3, H, W) uint8 tensors pass `torch.stack(frames)`."
+        elif all(isinstance(image, np.ndarray) for image in images):
+            hint = " For (H, W, 3) uint8 arrays pass `torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)`."
+        raise InvalidFramesError(f"A list input must hold PIL images only (one per frame).{hint}")
+    arrays = []
+    for index, image in enumerate(images):
+        try:
+            arrays.append(np.asarray(image.convert("RGB")))
+        except Exception as exc:  # an unsupported mode, or an image file that is truncated or unreadable
+            raise InvalidFramesError(
+                f"Frame {index} (a PIL image in mode {image.mode!r}) cannot be converted to RGB ({exc}). Convert it "
+                "yourself, e.g. `image.convert('RGBA').convert('RGB')`, or re-save the image."
+            ) from exc
     if len({a.shape for a in arrays}) != 1:
         raise InvalidFramesError("All PIL frames must have the same size. Resize them to a common size first.")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -170,14 +375,21 @@ def _pil_to_tensor(images: Sequence[Any]) -> torch.Tensor:
 
 def _sample_decoded(frames: torch.Tensor, num_frames: int, fps: float | None, source_fps: float) -> Video:
     total = frames.shape[0]
+    duration = total / source_fps
+    if not math.isfinite(duration):
+        raise InvalidSamplingError(
+            f"source_fps={source_fps!r} is too small: {total} frames would last {duration} s. Pass the real frame "
+            "rate of the frames."
+        )
     indices = sample_frame_indices(total, source_fps, num_frames, fps)
-    metadata = VideoMetadata(
+    metadata = TimedVideoMetadata(
         total_num_frames=total,
         fps=source_fps,
         width=frames.shape[-1],
         height=frames.shape[-2],
-        duration=total / source_fps,
+        duration=duration,
         video_backend="tensor",
         frames_indices=indices,
+        frames_timestamps=[index / source_fps for index in indices],
     )
     return Video(frames=frames[indices].contiguous(), metadata=metadata)
