@@ -49,3 +49,24 @@ class InvalidRowError(PeftHyperError, ValueError):
 
 class MissingProcessorError(PeftHyperError, RuntimeError):
     """No processor is attached to the model and none could be found next to the checkpoint or the base model."""
+
+
+class UsageError(PeftHyperError, ValueError):
+    """An argument is out of range, of the wrong form or in a combination that cannot work."""
+
+
+class CheckpointError(PeftHyperError, ValueError):
+    """A checkpoint or adapter directory is missing a file, is truncated or corrupt, or is of another kind (a plain
+    LoRA adapter where a Frames2LoRA checkpoint is expected, or the other way round)."""
+
+
+class OutputPathError(PeftHyperError, OSError):
+    """An output path is an existing file, or cannot be created or written."""
+
+
+class EvalDataError(PeftHyperError, ValueError):
+    """Evaluation data in a format that is not accepted, empty, or missing a required column or split."""
+
+
+class EvalDataNotFoundError(PeftHyperError, FileNotFoundError):
+    """Evaluation data that is neither a local path nor a dataset that could be loaded from the Hub."""
