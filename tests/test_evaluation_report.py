@@ -155,3 +155,23 @@ def test_validation():
         EvaluationResults(benchmarks=[BenchmarkResult("a", {"in_context": {"exact_match": comparison}})])
     with pytest.raises(ValueError, match="No benchmark"):
         write_report(EvaluationResults(benchmarks=[]), "unused")
+
+
+def test_degenerate_comparisons_are_marked_not_ticked(tmp_path):
+    # A negative control that scores every item exactly like the baseline: Δ = 0 everywhere, zero variance. The
+    # limit rule of statistics.py calls that "equivalent", but the report must not show it as a ✓.
+    scores = np.random.default_rng(0).integers(0, 2, 40).astype(float)
+    identical = paired_comparison(scores, scores, margin=0.05, n_bootstrap=200)
+    assert identical.degenerate and identical.equivalent
+    benchmark = BenchmarkResult(
+        "qa", {"adapter": {"exact_match": _comparison(0, 0.0, n=40)}, "no_video": {"exact_match": identical}}
+    )
+    files = write_report(EvaluationResults(benchmarks=[benchmark]), tmp_path)
+    report = files.markdown.read_text(encoding="utf-8")
+    row = next(line for line in report.splitlines() if line.startswith("| exact_match |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[5].startswith("✓") and cells[6].startswith("✓")  # the adapter: a real, tested equivalence
+    assert cells[9:11] == ["degenerate", "degenerate"]  # the control: no claim
+    assert "- no_video / exact_match: degenerate — every item has Δ = 0.000" in report
+    data = json.loads(files.json.read_text(encoding="utf-8"))
+    assert data["benchmarks"][0]["comparisons"]["no_video"]["exact_match"]["degenerate"] is True

@@ -10,7 +10,9 @@ from conftest import small_config
 from peft import get_peft_model
 from transformers import SmolVLMForConditionalGeneration
 
+from peft_hyper import HyperLoraModel
 from peft_hyper.cli import main as cli_main
+from peft_hyper.errors import EvalDataError, EvalDataNotFoundError, OutputPathError, UsageError
 from peft_hyper.evaluation import runner
 from peft_hyper.evaluation.runner import evaluate_adapters, load_eval_items
 
@@ -96,8 +98,7 @@ def test_eval_command_writes_a_report_and_caches_predictions(checkpoint, manifes
     def fail(*args, **kwargs):
         raise AssertionError("a rerun with cached predictions must not generate")
 
-    monkeypatch.setattr(runner, "_generate_text_only", fail)
-    monkeypatch.setattr(runner, "_generate_with_video", fail)
+    monkeypatch.setattr(HyperLoraModel, "answer", fail)
     argv[argv.index("exact_match,token_f1")] = "rouge_l"
     assert cli_main(argv) == 0
     rerun = json.loads((out / "results.json").read_text())
@@ -191,11 +192,11 @@ def test_mixed_batch_applies_adapters_while_the_hypernetwork_is_active(checkpoin
     tuner = model.base_model
     tuner.load_generated_adapter(tuner.generate_adapter(clips[0]), "a", activate=False)
     assert tuner.active_adapter == "default"
-    adapted = runner._generate_text_only(model, ["what moves?"], 3, adapter_names=["a"])
-    base = runner._generate_text_only(model, ["what moves?"], 3)
+    adapted = tuner.answer(["what moves?"], adapter_names=["a"], max_new_tokens=3)
+    base = tuner.answer(["what moves?"], max_new_tokens=3)
     tuner.set_adapter("a")
     with torch.no_grad():
-        assert runner._generate_text_only(model, ["what moves?"], 3) == adapted
+        assert tuner.answer(["what moves?"], max_new_tokens=3) == adapted
     assert tuner.generated_adapters == ["a"] and isinstance(base, list)
 
 
@@ -214,21 +215,85 @@ def test_malformed_manifests(tmp_path, content, message):
         load_eval_items(path)
 
 
-def test_bad_arguments(checkpoint, manifest):
+def test_bad_arguments(checkpoint, manifest, tmp_path):
     from peft import AutoPeftModel
 
     model = AutoPeftModel.from_pretrained(checkpoint)
     items = load_eval_items(manifest)
-    with pytest.raises(ValueError, match="margin must be > 0"):
-        evaluate_adapters(model, items, margin=0)
-    with pytest.raises(ValueError, match="Unknown metric"):
+    for margin in (0, -0.05, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match="margin must be > 0 and finite"):
+            evaluate_adapters(model, items, margin=margin)
+    with pytest.raises(UsageError, match="Unknown metric"):
         evaluate_adapters(model, items, metrics=["bleu9000"], margin=0.05)
-    with pytest.raises(ValueError, match="Unknown control"):
+    with pytest.raises(UsageError, match="Unknown control"):
         evaluate_adapters(model, items, margin=0.05, controls=["nothing"])
+    for name, value in (("frames", [12, 0]), ("sizes", [None, -1]), ("max_new_tokens", 0), ("batch_size", 0)):
+        with pytest.raises(UsageError, match=f"{name} must be"):
+            evaluate_adapters(model, items, margin=0.05, **{name: value})
+    existing = tmp_path / "report"
+    existing.write_text("")
+    with pytest.raises(OutputPathError, match="report directory"):
+        evaluate_adapters(model, items, margin=0.05, output_dir=existing)
+    one_video = [runner.EvalItem(id=str(i), video=items[0].video, prompt="q", references=["x"]) for i in range(3)]
+    with pytest.raises(EvalDataError, match="two different videos"):
+        evaluate_adapters(model, one_video, margin=0.05, controls=["shuffled"])
     import datasets
 
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(EvalDataError, match="empty"):
         load_eval_items(datasets.Dataset.from_list([]))
+
+
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        ("notes.txt", EvalDataError, "neither a JSONL manifest nor a saved dataset"),
+        ("folder", EvalDataError, "not a dataset saved with `save_to_disk`"),
+        ("missing.jsonl", EvalDataNotFoundError, "No file or directory"),
+        ("missing.txt", EvalDataNotFoundError, "No file or directory"),
+        ("./missing", EvalDataNotFoundError, "No file or directory"),
+        ("/no/such/data", EvalDataNotFoundError, "No file or directory"),
+        ("some/where/data", EvalDataNotFoundError, "No file or directory"),
+    ],
+)
+def test_eval_data_paths_are_never_looked_up_on_the_hub(tmp_path, monkeypatch, data, error, message):
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local-looking path must not be looked up on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("hello\n")
+    Path("folder").mkdir()
+    with pytest.raises(error, match=message):
+        load_eval_items(data)
+
+
+@pytest.mark.parametrize("name", ["videoqa", "owner/videoqa", "owner/videoqa.v2"])
+def test_eval_data_names_go_to_the_hub(monkeypatch, tmp_path, name):
+    import datasets
+
+    asked = []
+
+    def not_there(path, *args, **kwargs):
+        asked.append(path)
+        raise datasets.exceptions.DatasetNotFoundError(f"Dataset '{path}' doesn't exist on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", not_there)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EvalDataNotFoundError, match="no Hub dataset of that name"):
+        load_eval_items(name)
+    assert asked == [name]
+
+
+def test_saved_dataset_without_the_split(tmp_path, clips):
+    import datasets
+
+    rows = [{"video": clip, "prompt": "what?", "target": "x"} for clip in clips]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(EvalDataError, match=r"no split 'test'; available: \['train'\]"):
+        load_eval_items(tmp_path / "saved")
+    assert len(load_eval_items(tmp_path / "saved", split="train")) == 3
 
 
 def test_ask_and_internalize_commands(checkpoint, clips, tmp_path, capsys):
@@ -267,9 +332,13 @@ def test_retrained_hypernetwork_reuses_base_only_predictions(checkpoint, clips, 
             parameter.add_(0.05)
     calls = {"video": 0, "adapter": 0}
 
+    answer = model.base_model.answer
+
     def no_video_generation(*args, **kw):
-        calls["video"] += 1
-        raise AssertionError("in-context predictions should come from the cache")
+        if kw.get("videos") is not None:
+            calls["video"] += 1
+            raise AssertionError("in-context predictions should come from the cache")
+        return answer(*args, **kw)
 
     original = model.base_model.generate_adapter
 
@@ -277,7 +346,7 @@ def test_retrained_hypernetwork_reuses_base_only_predictions(checkpoint, clips, 
         calls["adapter"] += 1
         return original(videos, *args, **kw)
 
-    monkeypatch.setattr(runner, "_generate_with_video", no_video_generation)
+    monkeypatch.setattr(model.base_model, "answer", no_video_generation)
     monkeypatch.setattr(model.base_model, "generate_adapter", counting)
     evaluate_adapters(model, items, output_dir=tmp_path, progress=False, **kwargs)
     assert calls == {"video": 0, "adapter": 1}  # adapter predictions are recomputed, base-only ones are not

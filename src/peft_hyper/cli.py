@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from .errors import CheckpointError, OutputPathError, PeftHyperError, UsageError
 
 DEFAULT_MODEL_ENV = "FRAMES2LORA_MODEL"
 
@@ -31,38 +34,151 @@ def default_model() -> str | None:
 
 
 def load_model(model_id: str | None) -> Any:
-    """A Frames2LoRA checkpoint (local dir or Hub id) as a PeftModel in eval mode."""
+    """A Frames2LoRA checkpoint (local dir or Hub id) as a PeftModel in eval mode.
+
+    Refuses, with a [`CheckpointError`] that says what to pass instead, a path that is not there, a directory
+    without a readable `adapter_config.json`, an adapter of another kind (a plain LoRA adapter written by
+    `internalize`) and weights that cannot be read (truncated or corrupt files, the base model's included)."""
     from peft import AutoPeftModel
+    from safetensors import SafetensorError
 
     import peft_hyper  # noqa: F401  (registers the HYPERLORA peft type)
 
     model_id = model_id or default_model()
     if model_id is None:
-        raise SystemExit("error: no --model given and no embedded default checkpoint is installed.")
-    if os.path.isdir(model_id) and not os.path.isfile(os.path.join(model_id, "adapter_config.json")):
-        raise SystemExit(f"error: '{model_id}' has no adapter_config.json; pass a Frames2LoRA checkpoint directory.")
-    return AutoPeftModel.from_pretrained(model_id).eval()
+        raise UsageError(
+            "no --model given and no embedded default checkpoint is installed; pass --model DIR_OR_HUB_ID."
+        )
+    config = _read_adapter_config(_checkpoint_config_file(model_id), model_id)
+    peft_type = config.get("peft_type")
+    if peft_type == "LORA":
+        raise CheckpointError(
+            f"'{model_id}' is a plain LoRA adapter (peft_type LORA), not a Frames2LoRA checkpoint: answer with it "
+            f"through `frames2lora ask {model_id} QUESTION`, and give --model a Frames2LoRA checkpoint."
+        )
+    if peft_type != "HYPERLORA":
+        raise CheckpointError(
+            f"'{model_id}' has peft_type {peft_type!r}; --model takes a Frames2LoRA checkpoint (peft_type HYPERLORA)."
+        )
+    weights = ("adapter_model.safetensors", "adapter_model.bin")
+    if os.path.isdir(model_id) and not any(os.path.isfile(os.path.join(model_id, name)) for name in weights):
+        # PEFT would look for the weights on the Hub under the directory's name
+        raise CheckpointError(
+            f"'{model_id}' has no adapter_model.safetensors: the checkpoint is incomplete; copy or download it again."
+        )
+    base = config.get("base_model_name_or_path")
+    try:
+        return AutoPeftModel.from_pretrained(model_id).eval()
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"the weights of '{model_id}' or of its base model '{base}' cannot be read ({exc}): a file is truncated "
+            "or corrupt; copy or download the checkpoint again."
+        ) from exc
+    except OSError as exc:  # transformers' "cannot find / load", e.g. a base model that is not where the config says
+        raise CheckpointError(
+            f"'{model_id}' or its base model '{base}' cannot be loaded ({exc}); check that the base model is there "
+            "(`base_model_name_or_path` in adapter_config.json), or copy or download the checkpoint again."
+        ) from exc
 
 
-def _text_inputs(model: Any, question: str) -> dict[str, Any]:
-    processor = model.base_model.processor
-    conversation = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return {k: v.to(model.device) for k, v in processor(text=[prompt], return_tensors="pt").items()}
+def _checkpoint_config_file(model_id: str) -> Path:
+    """`adapter_config.json` of a local checkpoint directory, or downloaded from the Hub repository `model_id`."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if os.path.isdir(model_id):
+        return Path(model_id) / "adapter_config.json"
+    if os.path.exists(model_id):
+        raise CheckpointError(f"'{model_id}' is a file; --model takes a Frames2LoRA checkpoint directory or Hub id.")
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:  # a path, not a Hub id `owner/name`
+        raise CheckpointError(f"no checkpoint directory at '{model_id}'; pass a Frames2LoRA checkpoint directory.")
+    try:
+        return Path(hf_hub_download(model_id, "adapter_config.json"))
+    except (OSError, ValueError, EntryNotFoundError) as exc:  # not on the Hub, offline, not a valid repository id
+        raise CheckpointError(
+            f"no checkpoint directory '{model_id}' here, and no adapter_config.json could be fetched from a Hub "
+            f"repository of that name ({type(exc).__name__}); pass a Frames2LoRA checkpoint directory or Hub id."
+        ) from exc
 
 
-def _answer(generate: Any, inputs: dict[str, Any], processor: Any, max_new_tokens: int) -> tuple[str, float, int]:
-    """(answer, time to first token in seconds, visual tokens in context)."""
-    import torch
+def _read_adapter_config(path: Path, directory: str | Path) -> dict[str, Any]:
+    """The JSON object in a checkpoint's or adapter's `adapter_config.json` ([`CheckpointError`] when missing or
+    not a JSON object)."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"'{directory}' has no adapter_config.json; pass a directory written by `save_pretrained` or "
+            "`frames2lora internalize`."
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"'{path}' is not a JSON object (truncated or corrupt?); write or download the directory again."
+        )
+    return config
 
-    visual = int((inputs["input_ids"] == processor.image_token_id).sum())
-    with torch.no_grad():
-        start = time.perf_counter()
-        generate(**inputs, max_new_tokens=1, do_sample=False)
-        ttft = time.perf_counter() - start
-        output = generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
-    return answer, ttft, visual
+
+def _read_adapter(directory: Path) -> dict[str, Any]:
+    """The state dict of an adapter directory written by `frames2lora internalize` (a plain PEFT LoRA adapter)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = directory / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(
+            f"'{directory}' is a directory without adapter_model.safetensors; pass a video file or a directory "
+            "written by `frames2lora internalize`."
+        )
+    peft_type = _read_adapter_config(directory / "adapter_config.json", directory).get("peft_type")
+    if peft_type == "HYPERLORA":
+        raise CheckpointError(
+            f"'{directory}' is a Frames2LoRA checkpoint, not a video's adapter; pass it with --model, and a video "
+            "or a directory written by `frames2lora internalize` to `ask`."
+        )
+    if peft_type != "LORA":
+        raise CheckpointError(f"'{directory}' has peft_type {peft_type!r}; `ask` takes a LoRA adapter directory.")
+    try:
+        return load_file(weights)
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"'{weights}' cannot be read ({exc}): it is truncated or corrupt; write it again with "
+            "`frames2lora internalize`."
+        ) from exc
+
+
+def _check_output_dir(path: str | Path, option: str) -> None:
+    """Refuse, before any work, an output directory that is an existing file or cannot be created or written
+    ([`OutputPathError`]); the write itself may still fail, and is converted where it happens."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise OutputPathError(f"{option} '{path}' is an existing file; pass a directory (it is created if missing).")
+    existing = target
+    while not existing.exists():  # the nearest existing ancestor is where the new folders go
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{option} '{path}': '{existing}' is a file, not a directory; pass a directory path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(
+            f"{option} '{path}' cannot be written ('{existing}' is read-only for you); pass a directory you can "
+            "write to."
+        )
+
+
+def _answer(tuner: Any, question: str, max_new_tokens: int, **condition: Any) -> dict[str, Any]:
+    """One greedy answer with `tuner.answer(question, **condition)`, its time to first token (prompt building, prefill
+    and one decoding step) and the visual tokens in its context."""
+    video = condition.get("videos", [None])[0]
+    inputs = tuner.text_inputs(question) if video is None else tuner.video_inputs([video], question)
+    start = time.perf_counter()
+    tuner.answer(question, max_new_tokens=1, **condition)
+    ttft = time.perf_counter() - start
+    return {
+        "answer": tuner.answer(question, max_new_tokens=max_new_tokens, **condition),
+        "ttft_s": ttft,
+        "visual_tokens": int((inputs["input_ids"] == tuner.processor.image_token_id).sum()),
+    }
 
 
 def ask(
@@ -75,43 +191,31 @@ def ask(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Internalize `source` (a video, or a dir written by `frames2lora internalize`) and answer `questions`
     adapter-only; with `compare`, also with the video in context and with no video. Returns (timings, rows)."""
-    from safetensors.torch import load_file
-
     from .video import load_video
 
     tuner = model.base_model
-    processor = tuner.processor
     source = Path(source)
-    from_adapter = source.is_dir() and (source / "adapter_model.safetensors").is_file()
     timings: dict[str, float] = {}
-    if from_adapter:
+    if source.is_dir():
+        if compare:
+            raise UsageError("--compare needs a video (the in-context answer reads it), not an adapter directory.")
         start = time.perf_counter()
-        tuner.load_generated_adapter(load_file(source / "adapter_model.safetensors"), "video")
+        tuner.load_generated_adapter(_read_adapter(source), "video")
         timings["load_adapter_s"] = time.perf_counter() - start
         video = None
     else:
         start = time.perf_counter()
-        video = load_video(source, num_frames=frames or tuner.hyper_config.num_frames)
+        video = load_video(source, num_frames=frames if frames is not None else tuner.hyper_config.num_frames)
         tuner.internalize(video, adapter_name="video")
         timings["internalize_s"] = time.perf_counter() - start
-    if compare and video is None:
-        raise SystemExit("error: --compare needs a video (the in-context answer reads it), not an adapter dir.")
 
     rows = []
     for question in tqdm(questions, desc="questions", disable=len(questions) < 4, leave=False):
         row: dict[str, Any] = {"question": question}
-        answer, ttft, visual = _answer(model.generate, _text_inputs(model, question), processor, max_new_tokens)
-        row["adapter"] = {"answer": answer, "ttft_s": ttft, "visual_tokens": visual}
+        row["adapter"] = _answer(tuner, question, max_new_tokens, adapter_names="video")
         if compare:
-            with tuner.generated_adapters_disabled():
-                answer, ttft, visual = _answer(
-                    tuner.model.generate, tuner.video_inputs([video], question, True), processor, max_new_tokens
-                )
-                row["in_context"] = {"answer": answer, "ttft_s": ttft, "visual_tokens": visual}
-                answer, ttft, visual = _answer(
-                    tuner.model.generate, _text_inputs(model, question), processor, max_new_tokens
-                )
-                row["no_video"] = {"answer": answer, "ttft_s": ttft, "visual_tokens": visual}
+            row["in_context"] = _answer(tuner, question, max_new_tokens, videos=[video])
+            row["no_video"] = _answer(tuner, question, max_new_tokens, adapter_names="__base__")
         rows.append(row)
     return timings, rows
 
@@ -173,10 +277,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_internalize(args: argparse.Namespace) -> int:
+    _check_output_dir(args.output, "-o/--output")
     model = load_model(args.model)
     start = time.perf_counter()
     model.internalize(args.video, adapter_name="video", num_frames=args.frames)
-    model.save_adapter("video", args.output)
+    try:
+        model.save_adapter("video", args.output)
+    except OSError as exc:  # what the check above cannot see: a full disk, a read-only mount, ...
+        raise OutputPathError(
+            f"cannot write the adapter to '{args.output}' ({exc.strerror or exc}); pass a directory you can write to."
+        ) from exc
     print(f"wrote a PEFT LoRA adapter to {args.output} ({time.perf_counter() - start:.2f}s)")
     return 0
 
@@ -184,18 +294,19 @@ def cmd_internalize(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.runner import evaluate_adapters, load_eval_items
 
-    model = load_model(args.model)
-    items = load_eval_items(args.data, split=args.split)
-    if args.limit:
+    _check_output_dir(args.out, "--out")
+    items = load_eval_items(args.data, split=args.split)  # before the model: bad data fails in a second
+    if args.limit is not None:
         items = items[: args.limit]
+    model = load_model(args.model)
     run = evaluate_adapters(
         model,
         items,
-        metrics=[m for m in args.metrics.split(",") if m],
+        metrics=args.metrics,
         margin=args.margin,
-        controls=[c for c in args.controls.split(",") if c],
-        frames=[int(f) for f in args.frames.split(",")],
-        sizes=[int(s) if s != "native" else None for s in args.sizes.split(",")],
+        controls=args.controls,
+        frames=args.frames,
+        sizes=args.sizes,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         output_dir=args.out,
@@ -205,6 +316,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if run.excluded:
         print(f"{len(run.excluded)} item(s) excluded (unreadable video); see {run.report.json}", file=sys.stderr)
     return 0
+
+
+# argparse `type=` checks: a bad value exits with status 2 and the usage line before any model is loaded.
+def _count(text: str) -> int:
+    """A whole number >= 1 (frames, tokens, items, batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0 on the metric's scale (e.g. 0.05), fixed before looking at results; got "
+            f"{text!r}"
+        )
+    return value
+
+
+def _counts(text: str) -> list[int]:
+    """Comma-separated whole numbers >= 1, e.g. `12,48`."""
+    return [_count(part) for part in text.split(",")]
+
+
+def _sizes(text: str) -> list[int | None]:
+    """Comma-separated longest edges in px (>= 1) or `native`, e.g. `native,224`."""
+    return [None if part.strip() == "native" else _count(part) for part in text.split(",")]
+
+
+def _metrics(text: str) -> list[str]:
+    from .evaluation.metrics import available_metrics
+
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in available_metrics()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {unknown}; available: {','.join(available_metrics())}")
+    return names
+
+
+def _controls(text: str) -> list[str]:
+    from .evaluation.runner import CONTROLS
+
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in CONTROLS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown control(s) {unknown}; available: {','.join(CONTROLS)}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,16 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("questions", nargs="+")
     ask.add_argument("--compare", action="store_true", help="also answer with the video in context and with none")
     ask.add_argument("--json", action="store_true", help="machine-readable output")
-    ask.add_argument("--frames", type=int, default=None, help="frames to sample (default: the checkpoint's)")
-    ask.add_argument("--max-new-tokens", type=int, default=16)
+    ask.add_argument("--frames", type=_count, default=None, help="frames to sample (default: the checkpoint's)")
+    ask.add_argument("--max-new-tokens", type=_count, default=16)
     ask.set_defaults(func=cmd_ask)
 
     internalize = sub.add_parser(
         "internalize", parents=[model_option], help="write a video's adapter as a plain PEFT LoRA directory"
     )
     internalize.add_argument("video")
-    internalize.add_argument("-o", "--output", required=True)
-    internalize.add_argument("--frames", type=int, default=None)
+    internalize.add_argument("-o", "--output", required=True, help="adapter directory (created if missing)")
+    internalize.add_argument(
+        "--frames", type=_count, default=None, help="frames to sample (default: the checkpoint's)"
+    )
     internalize.set_defaults(func=cmd_internalize)
 
     evaluate = sub.add_parser(
@@ -248,14 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--data", required=True, help="a JSONL manifest, a saved dataset dir, or a dataset name")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--metrics", default="exact_match,token_f1")
-    evaluate.add_argument("--margin", type=float, required=True, help="pre-registered equivalence margin (> 0)")
-    evaluate.add_argument("--controls", default="no_video,bias_only,shuffled")
-    evaluate.add_argument("--frames", default="12", help="comma-separated frame counts; the first is the main one")
-    evaluate.add_argument("--sizes", default="native", help="comma-separated longest edges in px, or 'native'")
-    evaluate.add_argument("--max-new-tokens", type=int, default=16)
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
+    evaluate.add_argument("--metrics", type=_metrics, default="exact_match,token_f1")
+    evaluate.add_argument("--margin", type=_margin, required=True, help="pre-registered equivalence margin (> 0)")
+    evaluate.add_argument("--controls", type=_controls, default="no_video,bias_only,shuffled")
+    evaluate.add_argument(
+        "--frames", type=_counts, default="12", help="comma-separated frame counts; the first is the main one"
+    )
+    evaluate.add_argument(
+        "--sizes", type=_sizes, default="native", help="comma-separated longest edges in px, or 'native'"
+    )
+    evaluate.add_argument("--max-new-tokens", type=_count, default=16)
+    evaluate.add_argument("--batch-size", type=_count, default=8)
+    evaluate.add_argument("--limit", type=_count, default=None, help="evaluate the first N items only")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", required=True, help="report directory (also caches predictions)")
     evaluate.set_defaults(func=cmd_eval)
@@ -263,12 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import PeftHyperError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PeftHyperError, FileNotFoundError, ValueError) as exc:
+    except PeftHyperError as exc:  # a user error, said in one line; anything else is a bug and keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -66,3 +66,20 @@ class OutputPathError(PeftHyperError, OSError):
 
 class InvalidSamplingError(PeftHyperError, ValueError):
     """A frame-sampling argument (`num_frames`, `fps`, `source_fps`) has the wrong type or is out of range."""
+
+
+class UsageError(PeftHyperError, ValueError):
+    """An argument is out of range, of the wrong form or in a combination that cannot work."""
+
+
+class CheckpointError(PeftHyperError, ValueError):
+    """A checkpoint or adapter directory is missing a file, is truncated or corrupt, or is of another kind (a plain
+    LoRA adapter where a Frames2LoRA checkpoint is expected, or the other way round)."""
+
+
+class EvalDataError(PeftHyperError, ValueError):
+    """Evaluation data in a format that is not accepted, empty, or missing a required column or split."""
+
+
+class EvalDataNotFoundError(PeftHyperError, FileNotFoundError):
+    """Evaluation data that is neither a local path nor a dataset that could be loaded from the Hub."""

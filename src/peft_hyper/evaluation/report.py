@@ -232,12 +232,19 @@ def _benchmark_section(
                 continue
             holm = adjusted[condition][metric]
             low, high = comparison.ci_t
-            row += [
-                _fmt(comparison.mean_candidate),
-                f"{_fmt(comparison.mean_delta)} [{_fmt(low)}, {_fmt(high)}]",
-                _flag(holm.equivalent, holm.p_tost_adjusted),
-                _flag(holm.non_inferior, holm.p_noninferiority_adjusted),
-            ]
+            row += [_fmt(comparison.mean_candidate), f"{_fmt(comparison.mean_delta)} [{_fmt(low)}, {_fmt(high)}]"]
+            if comparison.degenerate:  # zero variance: the t-tests have nothing to weigh (see statistics.py)
+                row += ["degenerate"] * 2
+                notes.append(
+                    f"- {condition} / {metric}: degenerate — every item has Δ = {_fmt(comparison.mean_delta)} (zero "
+                    "variance, e.g. both conditions score every item alike); the t-tests are undefined, so no Eq / NI "
+                    "claim is made."
+                )
+            else:
+                row += [
+                    _flag(holm.equivalent, holm.p_tost_adjusted),
+                    _flag(holm.non_inferior, holm.p_noninferiority_adjusted),
+                ]
         rows.append(row)
     lines += _table(header, rows)
 
@@ -286,7 +293,8 @@ def render_markdown(results: EvaluationResults, adjusted: AdjustedResults | None
         "interval (bootstrap intervals are in `results.json`).",
         f"Eq: TOST equivalence within ±margin; NI: non-inferiority (H0: Δ ≤ −margin); α = {', '.join(map(str, alphas))}. "
         "Both are paired t-tests, Holm-corrected across benchmarks for each condition and metric; "
-        "the adjusted p-value is in parentheses.",
+        "the adjusted p-value is in parentheses. `degenerate`: every item has the same Δ (zero variance), the t-tests "
+        "are undefined and no claim is made (`degenerate` in `results.json`).",
         "",
     ]
     if results.metadata:

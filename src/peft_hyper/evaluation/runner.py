@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import numbers
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import load_manifest, video_key
-from ..errors import PeftHyperError
+from ..errors import EvalDataError, EvalDataNotFoundError, OutputPathError, PeftHyperError, UsageError
 from ..video import Video, load_video
-from .metrics import JudgeFn, load_metric, per_item_scores
+from .metrics import JudgeFn, available_metrics, load_metric, per_item_scores
 from .report import BenchmarkResult, EvaluationResults, ReportFiles, write_report
 from .statistics import PairedComparison, paired_comparison
 
@@ -63,21 +65,20 @@ class EvaluationRun:
 def load_eval_items(data: str | Path | Any, split: str = "test") -> list[EvalItem]:
     """Items from a JSONL manifest (`{id, video_path, prompt, task_type, target_text}` per line), a saved or named
     `datasets` dataset (columns `video`, `prompt`, `target`, optional `id`, `task_type`, `benchmark`, `spec`), or a
-    `datasets.Dataset`. Manifest errors (`ManifestError`) name the file and line."""
-    import datasets
+    `datasets.Dataset`. Manifest errors (`ManifestError`) name the file and line.
 
-    if isinstance(data, (str, Path)) and str(data).endswith((".jsonl", ".json")):
-        data = load_manifest(data)
-    elif isinstance(data, (str, Path)):
-        path = Path(data)
-        loaded = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(str(data))
-        data = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    A string is a local path when it exists; one that does not exist is looked up on the Hub only if it reads as a
+    dataset name (`name` or `owner/name`), otherwise it is refused as not found ([`EvalDataNotFoundError`]). A local
+    file must be a `.jsonl`/`.json` manifest and a local directory a dataset saved with `save_to_disk`
+    ([`EvalDataError`] otherwise)."""
+    if isinstance(data, (str, Path)):
+        data = _load_eval_data(str(data), split)
     rows = list(data)
     if not rows:
-        raise ValueError("The evaluation dataset is empty; pass a dataset with at least two items.")
+        raise EvalDataError("The evaluation dataset is empty; pass a dataset with at least two items.")
     missing = {"prompt", "target"} - set(rows[0])
     if missing or not ({"video", "video_path", "spec"} & set(rows[0])):
-        raise ValueError(
+        raise EvalDataError(
             f"The evaluation dataset needs columns `prompt`, `target` and `video` (or `video_path`/`spec`); missing "
             f"{sorted(missing) or ['video']}. Columns: {sorted(rows[0])}."
         )
@@ -95,6 +96,48 @@ def load_eval_items(data: str | Path | Any, split: str = "test") -> list[EvalIte
             )
         )
     return items
+
+
+def _load_eval_data(data: str, split: str) -> Any:
+    """The rows behind a `--data` string: a manifest, a saved dataset directory or a Hub dataset (see
+    [`load_eval_items`])."""
+    import datasets
+
+    accepted = (
+        "pass a JSONL manifest (.jsonl/.json), a directory written by `datasets`' `save_to_disk`, or a Hub dataset "
+        "name"
+    )
+    path = Path(data).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in (".jsonl", ".json"):
+            raise EvalDataError(f"'{data}' is neither a JSONL manifest nor a saved dataset; {accepted}.")
+        return load_manifest(path)
+    if path.is_dir():
+        saved = (datasets.config.DATASET_STATE_JSON_FILENAME, datasets.config.DATASETDICT_JSON_FILENAME)
+        if not any((path / name).is_file() for name in saved):
+            raise EvalDataError(f"The directory '{data}' is not a dataset saved with `save_to_disk`; {accepted}.")
+        loaded = datasets.load_from_disk(str(path))
+    elif _looks_like_local_path(data):
+        raise EvalDataNotFoundError(f"No file or directory at '{data}'; {accepted}.")
+    else:
+        try:
+            loaded = datasets.load_dataset(data)
+        except (FileNotFoundError, ConnectionError) as exc:  # not on the Hub, or the Hub cannot be reached
+            raise EvalDataNotFoundError(
+                f"'{data}' is not a local path, and no Hub dataset of that name could be loaded ({exc}); {accepted}."
+            ) from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise EvalDataError(f"'{data}' has no split '{split}'; available: {sorted(loaded)}. Pass --split.")
+        return loaded[split]
+    return loaded
+
+
+def _looks_like_local_path(data: str) -> bool:
+    """Whether a `--data` string that does not exist was meant as a local path rather than a Hub dataset name
+    (`name` or `owner/name`): it starts with `.`, `/` or `~`, has more than one separator or a file suffix."""
+    suffix = Path(data).suffix[1:]
+    return data.startswith((".", "/", "~")) or "\\" in data or data.count("/") > 1 or suffix.isalpha()
 
 
 class _PredictionCache:
@@ -145,17 +188,19 @@ def evaluate_adapters(
     baseline and `adapter` at every other frame count / size; score with `metrics`; compare paired per item against
     the baseline at the user's pre-registered `margin`. With `output_dir`, predictions are cached there (a rerun
     with other metrics generates nothing) and the report is written there."""
-    if margin is None or not margin > 0:
-        raise ValueError(f"margin must be > 0 (a pre-registered equivalence margin, e.g. 0.05), got {margin}.")
-    unknown = [c for c in controls if c not in CONTROLS]
-    if unknown:
-        raise ValueError(f"Unknown control(s) {unknown}; available: {list(CONTROLS)}.")
+    _check_arguments(metrics, margin, controls, frames, sizes, max_new_tokens, batch_size)
     loaded_metrics = [load_metric(m) for m in metrics]
     if len(items) < 2:
-        raise ValueError("Evaluation needs at least two items (paired statistics).")
+        raise EvalDataError(f"Evaluation needs at least two items (paired statistics); got {len(items)}.")
     output = Path(output_dir) if output_dir is not None else None
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # an existing file, a read-only parent, ...
+            raise OutputPathError(
+                f"Cannot use '{output}' as the report directory ({exc.strerror or exc}); pass a directory you can "
+                "write to (it is created if missing)."
+            ) from exc
     tuner = model.base_model
     cache = _PredictionCache(
         output / "predictions.jsonl" if output else None,
@@ -167,7 +212,12 @@ def evaluate_adapters(
     videos, excluded = _load_videos(items, max(frames))
     kept = [item for item in items if item.id not in excluded]
     if len(kept) < 2:
-        raise ValueError(f"Fewer than two items have a readable video ({len(excluded)} excluded): {excluded}.")
+        raise EvalDataError(f"Fewer than two items have a readable video ({len(excluded)} excluded): {excluded}.")
+    first = videos[kept[0].id]
+    if "shuffled" in controls and not any(videos[item.id] != first for item in kept[1:]):
+        raise EvalDataError(
+            "The shuffled control needs items about at least two different videos; drop it with --controls."
+        )
     if excluded:
         logger.warning("%d item(s) excluded from every condition (unreadable video): %s", len(excluded), excluded)
 
@@ -245,6 +295,43 @@ def evaluate_adapters(
         data["excluded"] = excluded
         run.report.json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return run
+
+
+def _check_arguments(
+    metrics: Sequence[str | JudgeFn],
+    margin: float,
+    controls: Sequence[str],
+    frames: Sequence[int],
+    sizes: Sequence[int | None],
+    max_new_tokens: int,
+    batch_size: int,
+) -> None:
+    """Refuse settings that cannot work before any model call ([`UsageError`] naming the argument)."""
+    if not (isinstance(margin, numbers.Real) and math.isfinite(margin) and margin > 0):
+        raise UsageError(
+            f"margin must be > 0 and finite (a pre-registered equivalence margin, e.g. 0.05), got {margin}."
+        )
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise UsageError(f"Unknown control(s) {unknown}; available: {list(CONTROLS)}.")
+    if not metrics:
+        raise UsageError(f"Pass at least one metric; available: {available_metrics()}.")
+    unknown = [m for m in metrics if isinstance(m, str) and m not in available_metrics()]
+    if unknown:
+        raise UsageError(
+            f"Unknown metric(s) {unknown}; available: {available_metrics()}, or a judge callable "
+            "judge(predictions, references, prompts) -> list[float]."
+        )
+    for name, values, allow_none in (("frames", frames, False), ("sizes", sizes, True)):
+        if not values or not all((allow_none and v is None) or _is_count(v) for v in values):
+            raise UsageError(f"{name} must be one or more whole numbers >= 1, got {list(values)}.")
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if not _is_count(value):
+            raise UsageError(f"{name} must be a whole number >= 1, got {value!r}.")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _fingerprint(parameters: Iterable[torch.Tensor]) -> str:
