@@ -271,7 +271,7 @@ def processor():
 
 def _prompt_timestamps(processor, video: Video, metadata: VideoMetadata | None = None) -> list[str]:
     """The "Frame from MM:SS" labels that SmolVLM's processor writes for `video` (through `build_video_inputs`)."""
-    from peft_hyper.hidden_states import build_video_inputs
+    from peft_hyper.inputs import build_video_inputs
 
     video = Video(frames=video.frames, metadata=metadata or video.metadata)
     text = processor.tokenizer.decode(build_video_inputs(processor, [video], "Describe.")["input_ids"][0])
