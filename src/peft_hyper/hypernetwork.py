@@ -100,8 +100,8 @@ def position_features(mask: torch.Tensor, num_features: int) -> torch.Tensor:
 class HyperNetwork(nn.Module):
     """The Frames2LoRA hypernetwork.
 
-    Call `generate_for_layer` once per decoder layer with the states entering that layer (so a caller can stream layers
-    and never hold all of them), or `forward` with all layers stacked.
+    Call `generate_for_layer` once per decoder layer with the states entering that layer, so that a caller can stream
+    layers and never hold all of them (the reference stacks every layer's states at once).
     """
 
     num_position_features = 32
@@ -168,11 +168,3 @@ class HyperNetwork(nn.Module):
     def bias_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The adapter with only the input-independent (bias) block: the 'zero-context' negative control."""
         return {t.name: self.heads[self._head_key(t.kind)].bias_block(t.layer_idx) for t in self.targets}
-
-    def forward(self, layer_states: torch.Tensor, mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """layer_states `(B, len(self.layers), S, hidden)` (states entering each needed layer, ascending), mask
-        `(B, S)` → name → (A, B) for every target."""
-        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for position, layer_idx in enumerate(self.layers):
-            factors.update(self.generate_for_layer(layer_states[:, position], mask, layer_idx))
-        return factors
