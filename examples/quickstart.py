@@ -24,12 +24,6 @@ from peft_hyper.synthetic import caption, sample_spec, write_clip
 from peft_hyper.testing_utils import save_tiny_smolvlm
 
 
-def text_only_inputs(processor, question: str) -> dict[str, torch.Tensor]:
-    conversation = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return dict(processor(text=[prompt], return_tensors="pt"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video", help="an mp4 to internalize (default: a synthetic clip)")
@@ -59,12 +53,10 @@ def main() -> None:
         f"internalized in {time.perf_counter() - start:.2f}s: {len(lora_state_dict)} LoRA tensors, {model.lora_config.r=}"
     )
 
-    processor = model.processor
-    for question in ("What colour is the square?", "Which way does it move?"):
-        inputs = text_only_inputs(processor, question)
-        visual = int((inputs["input_ids"] == processor.image_token_id).sum())
-        output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-        answer = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+    questions = ["What colour is the square?", "Which way does it move?"]
+    inputs = model.text_inputs(questions)  # the prompt `answer` builds: zero visual tokens
+    visual = int((inputs["input_ids"] == model.processor.image_token_id).sum())
+    for question, answer in zip(questions, model.answer(questions, max_new_tokens=8), strict=True):
         print(f"Q: {question}  A: {answer!r}  (visual tokens in context: {visual})")
 
     adapter_dir = workdir / "adapters" / "clip"
