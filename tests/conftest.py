@@ -59,3 +59,20 @@ def hyper_model(vlm):
     from peft import get_peft_model
 
     return get_peft_model(vlm, small_config())
+
+
+@pytest.fixture
+def local_eval_paths(tmp_path, monkeypatch):
+    """Run in `tmp_path`, which holds `notes.txt` (not evaluation data) and an empty `folder/`; any Hub lookup fails."""
+    from pathlib import Path
+
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local-looking path must not be looked up on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("hello\n")
+    Path("folder").mkdir()
+    return tmp_path

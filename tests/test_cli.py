@@ -259,16 +259,7 @@ def test_out_of_range_numbers_are_refused_by_the_parser(capsys, no_model, argv, 
         ("some/where/data", "No file or directory at"),
     ],
 )
-def test_eval_data_that_is_not_accepted_fails_at_once(tmp_path, capsys, monkeypatch, no_model, data, message):
-    import datasets
-
-    def no_hub(*args, **kwargs):
-        raise AssertionError("a local-looking path must not be looked up on the Hub")
-
-    monkeypatch.setattr(datasets, "load_dataset", no_hub)
-    monkeypatch.chdir(tmp_path)
-    Path("notes.txt").write_text("hello\n")
-    Path("folder").mkdir()
+def test_eval_data_that_is_not_accepted_fails_at_once(local_eval_paths, capsys, no_model, data, message):
     argv = ["eval", "--data", data, "--margin", "0.05", "--out", "report"]
     line = user_error(capsys, argv)
     assert message in line and "JSONL manifest (.jsonl/.json)" in line

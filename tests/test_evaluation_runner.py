@@ -255,16 +255,7 @@ def test_bad_arguments(checkpoint, manifest, tmp_path):
         ("some/where/data", EvalDataNotFoundError, "No file or directory"),
     ],
 )
-def test_eval_data_paths_are_never_looked_up_on_the_hub(tmp_path, monkeypatch, data, error, message):
-    import datasets
-
-    def no_hub(*args, **kwargs):
-        raise AssertionError("a local-looking path must not be looked up on the Hub")
-
-    monkeypatch.setattr(datasets, "load_dataset", no_hub)
-    monkeypatch.chdir(tmp_path)
-    Path("notes.txt").write_text("hello\n")
-    Path("folder").mkdir()
+def test_eval_data_paths_are_never_looked_up_on_the_hub(local_eval_paths, data, error, message):
     with pytest.raises(error, match=message):
         load_eval_items(data)
 
