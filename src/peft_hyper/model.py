@@ -4,9 +4,9 @@ The tuner holds one hypernetwork per hypernetwork adapter (`self.hypernetworks[n
 weights) and turns videos into PEFT LoRA adapters for its own base model, which `GeneratedAdapters`
 (`generated_adapters.py`) keeps resident: LoRA math, activation and mixed-adapter batches are PEFT's.
 
-Data flow (one module per stage): video → frames (`video.py`) → processor inputs and per-layer decoder states
-(`hidden_states.py`) → perceiver latents → LoRA factors (`perceiver.py`, `hypernetwork.py`) → PEFT LoRA state dict
-(`lora.py`) → resident in the base model (`generated_adapters.py`).
+Data flow (one module per stage): video → frames (`video.py`) → processor inputs (`inputs.py`) → per-layer decoder
+states (`hidden_states.py`) → perceiver latents → LoRA factors (`perceiver.py`, `hypernetwork.py`) → PEFT LoRA state
+dict (`lora.py`) → resident in the base model (`generated_adapters.py`) → answers to text-only questions (`answer`).
 
 Threads: one model may be shared by several threads. Every call that reads or changes the model's shared state (the
 layer hooks of a hypernetwork forward, the resident adapters and which are active, a generation) holds the model's
@@ -133,7 +133,7 @@ class HyperLoraModel(BaseTuner):
         >>> from peft import get_peft_model
         >>> model = get_peft_model(vlm, peft_hyper.HyperLoraConfig())
         >>> model.internalize("clip.mp4", adapter_name="clip")  # generate, load and activate
-        >>> model.generate(**processor(text=["User: What happens?<end_of_utterance>\\nAssistant:"], return_tensors="pt"))
+        >>> model.answer("What happens in the video?")  # asked with zero visual tokens in context
         ```
     """
 
