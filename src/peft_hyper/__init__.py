@@ -6,6 +6,7 @@ and `AutoPeftModel.from_pretrained` handle `HyperLoraConfig` checkpoints.
 
 from peft.utils import register_peft_method
 
+from .composition import compose_adapters
 from .config import HyperLoraConfig
 from .data import VideoTextCollator, load_manifest, validate_dataset
 from .errors import (
@@ -28,7 +29,7 @@ from .errors import (
 )
 from .model import HyperLoraModel
 from .trainer import HyperLoraTrainer, cache_teacher_targets
-from .video import Video, load_video
+from .video import Video, load_video, split_video
 
 __version__ = "0.1.0.dev0"
 
@@ -57,7 +58,9 @@ __all__ = [
     "VideoNotFoundError",
     "VideoTextCollator",
     "cache_teacher_targets",
+    "compose_adapters",
     "load_manifest",
     "load_video",
+    "split_video",
     "validate_dataset",
 ]

@@ -280,14 +280,21 @@ def cmd_internalize(args: argparse.Namespace) -> int:
     _check_output_dir(args.output, "-o/--output")
     model = load_model(args.model)
     start = time.perf_counter()
-    model.internalize(args.video, adapter_name="video", num_frames=args.frames)
+    state_dict = model.internalize(
+        args.video,
+        adapter_name="video",
+        num_frames=args.frames,
+        segment_frames=args.segment_frames,
+        max_rank=args.max_rank,
+    )
     try:
         model.save_adapter("video", args.output)
     except OSError as exc:  # what the check above cannot see: a full disk, a read-only mount, ...
         raise OutputPathError(
             f"cannot write the adapter to '{args.output}' ({exc.strerror or exc}); pass a directory you can write to."
         ) from exc
-    print(f"wrote a PEFT LoRA adapter to {args.output} ({time.perf_counter() - start:.2f}s)")
+    rank = next(value.shape[0] for key, value in state_dict.items() if ".lora_A." in key)
+    print(f"wrote a PEFT LoRA adapter of rank {rank} to {args.output} ({time.perf_counter() - start:.2f}s)")
     return 0
 
 
@@ -408,6 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     internalize.add_argument("-o", "--output", required=True, help="adapter directory (created if missing)")
     internalize.add_argument(
         "--frames", type=_count, default=None, help="frames to sample (default: the checkpoint's)"
+    )
+    internalize.add_argument(
+        "--segment-frames",
+        type=_count,
+        default=None,
+        help="internalize the sampled frames in segments of this many and compose their adapters (rank K·r + r_b)",
+    )
+    internalize.add_argument(
+        "--max-rank", type=_count, default=None, help="cap the adapter's rank (serving engines cap it, e.g. 512)"
     )
     internalize.set_defaults(func=cmd_internalize)
 

@@ -91,12 +91,13 @@ class GeneratedAdapters:
         """Put the PEFT LoRA `state_dict` (file keys) into the model as adapter `name`.
 
         A new name is injected with `lora_config` (PEFT wraps the targeted modules on the first adapter); an existing
-        name that holds the same modules is overwritten in place, parameter by parameter, so that the tensors other
-        code holds (a compiled graph, an optimizer) stay the ones in use and no other adapter is touched. An existing
-        name on other modules (another hypernetwork's) is deleted and injected afresh.
+        name that holds the same modules at the same rank is overwritten in place, parameter by parameter, so that the
+        tensors other code holds (a compiled graph, an optimizer) stay the ones in use and no other adapter is
+        touched. An existing name on other modules (another hypernetwork's) or of another rank is deleted and
+        injected afresh.
         """
         modules = frozenset(module_name_of_key(key)[0] for key in state_dict)
-        if name in self._modules and self._modules[name] != modules:
+        if name in self._modules and (self._modules[name] != modules or self.config(name).r != lora_config.r):
             self.delete(name)
         if name not in self._modules:
             self._inject(name, copy.deepcopy(lora_config))

@@ -29,12 +29,14 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
+from .composition import compose_adapters
 from .config import HyperLoraConfig
 from .errors import (
     IncompatibleBaseModelError,
     IncompleteCheckpointError,
     InvalidAdapterNameError,
     InvalidFramesError,
+    InvalidSamplingError,
     MissingProcessorError,
 )
 from .generated_adapters import GeneratedAdapters, check_lora_state_dict
@@ -43,7 +45,7 @@ from .hypernetwork import HyperNetwork, LoraTarget
 from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_text_inputs, build_video_inputs
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .saving import atomic_directory
-from .video import Video, VideoInput, load_video
+from .video import Video, VideoInput, load_video, split_video
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
@@ -520,7 +522,13 @@ class HyperLoraModel(BaseTuner):
         return factors
 
     def generate_adapter(
-        self, video: VideoInput | Sequence[VideoInput], num_frames: int | None = None, fps: float | None = None
+        self,
+        video: VideoInput | Sequence[VideoInput],
+        num_frames: int | None = None,
+        fps: float | None = None,
+        segment_frames: int | None = None,
+        max_rank: int | None = None,
+        segment_batch_size: int = 8,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         """Turn a video into a standard PEFT LoRA state dict (keys as PEFT writes them, for `self.lora_config`).
 
@@ -528,17 +536,45 @@ class HyperLoraModel(BaseTuner):
             video: a path, bytes, binary file object, uint8 tensor `(T, 3, H, W)`, list of PIL images, or a list of
                 any of these (a batch: one VLM forward and one hypernetwork forward for all of them).
             num_frames / fps: frame sampling; defaults from the config.
+            segment_frames: cut each video's sampled frames into consecutive segments of this many frames, generate
+                one adapter per segment (`segment_batch_size` segments per VLM and hypernetwork forward) and compose
+                them in rank space (`compose_adapters`): rank `K·r + bias_rank` for `K` segments. Each segment's
+                prompt carries its frames' times in the whole video.
+            max_rank: cap the rank of the result (exact when ΔW's rank allows, truncated SVD otherwise).
 
         Returns:
             A state dict, or a list of state dicts for a list input. Tensors are float32, on the model's device.
         """
         videos, batched = self.load_videos(video, num_frames, fps)
-        with torch.no_grad():
-            factors = self.generate_lora_factors(self.hypernetwork_inputs(videos))
-        state_dicts = factors_to_state_dicts(factors)
+        if segment_frames is None:
+            with torch.no_grad():
+                state_dicts = factors_to_state_dicts(self.generate_lora_factors(self.hypernetwork_inputs(videos)))
+        else:
+            state_dicts = [self._segmented_adapter(v, segment_frames, segment_batch_size) for v in videos]
+        if max_rank is not None or segment_frames is not None:
+            state_dicts = [self.compose_adapters(parts, max_rank=max_rank) for parts in _as_parts(state_dicts)]
         for state_dict in state_dicts:
             check_finite(state_dict, "generated adapter")
         return state_dicts if batched else state_dicts[0]
+
+    def _segmented_adapter(self, video: Video, segment_frames: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """The adapters of `video`'s segments, `batch_size` segments per forward."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {batch_size!r}.")
+        segments = split_video(video, segment_frames)
+        parts = []
+        for start in range(0, len(segments), batch_size):
+            inputs = self.hypernetwork_inputs(segments[start : start + batch_size])
+            with torch.no_grad():
+                parts.extend(factors_to_state_dicts(self.generate_lora_factors(inputs)))
+        return parts
+
+    def compose_adapters(
+        self, adapters: Sequence[dict[str, torch.Tensor]], max_rank: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Compose adapters the active hypernetwork generated for non-overlapping segments of a video into one PEFT
+        LoRA state dict: their generated ranks concatenated, the shared bias block once (`composition.py`)."""
+        return compose_adapters(adapters, max_rank=max_rank, bias_rank=self.hyper_config.bias_rank)
 
     @_serialized
     def generate_bias_adapter(self) -> dict[str, torch.Tensor]:
@@ -557,11 +593,16 @@ class HyperLoraModel(BaseTuner):
         num_frames: int | None = None,
         fps: float | None = None,
         activate: bool = True,
+        segment_frames: int | None = None,
+        max_rank: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Generate the adapter of `video`, load it as `adapter_name` (an existing adapter of that name is replaced
-        in place) and, with `activate`, make it the active adapter. Returns the state dict."""
+        """Generate the adapter of `video` (by segments with `segment_frames`; see `generate_adapter`), load it as
+        `adapter_name` (an existing adapter of that name is replaced) and, with `activate`, make it the active
+        adapter. Returns the state dict."""
         self._check_adapter_name(adapter_name)
-        state_dict = self.generate_adapter(video, num_frames=num_frames, fps=fps)
+        state_dict = self.generate_adapter(
+            video, num_frames=num_frames, fps=fps, segment_frames=segment_frames, max_rank=max_rank
+        )
         self.load_generated_adapter(state_dict, adapter_name, activate=activate)
         return state_dict
 
@@ -569,37 +610,44 @@ class HyperLoraModel(BaseTuner):
     def load_generated_adapter(
         self, state_dict: dict[str, torch.Tensor], adapter_name: str, activate: bool = True
     ) -> None:
-        """Load a PEFT LoRA state dict of the active hypernetwork's shape as `adapter_name`.
+        """Load a PEFT LoRA state dict for the active hypernetwork's targets as `adapter_name`: a generated adapter,
+        or a composition of several (`compose_adapters`, any rank).
 
         A new name adds an adapter to PEFT's LoRA layers (the layers themselves are injected once, on the first
-        adapter); an existing name is overwritten in place (no re-injection, no other adapter touched). Nothing is
-        loaded unless the whole state dict fits.
+        adapter); an existing name of the same rank is overwritten in place (no re-injection, no other adapter
+        touched), one of another rank is replaced. Nothing is loaded unless the whole state dict fits.
         """
         self._check_adapter_name(adapter_name)
         check_lora_state_dict(state_dict, f"adapter '{adapter_name}'")
-        self._check_state_dict_shapes(state_dict)
-        self.adapters.load(adapter_name, state_dict, self.lora_config)
+        rank = self._check_state_dict_shapes(state_dict)
+        config = self.hyper_config
+        targets = sorted(t.name for t in self.hypernetwork.targets)
+        self.adapters.load(adapter_name, state_dict, build_lora_config(rank, targets, config.base_model_name_or_path))
         self.peft_config[adapter_name] = self.adapters.config(adapter_name)
         # re-apply the activation: injecting a new adapter may change PEFT's active adapter
         self.set_adapter(adapter_name if activate else self.active_adapter)
 
-    def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor]) -> None:
-        rank = self.hyper_config.total_rank
+    def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor]) -> int:
+        """Check that `state_dict` holds A `(R, in)` and B `(out, R)` for exactly the active hypernetwork's targets,
+        one rank `R` for all (the hypernetwork's total rank, or another for a composed adapter); return `R`."""
+        ranks = {value.shape[0] if ".lora_A." in key else value.shape[-1] for key, value in state_dict.items()}
+        rank = ranks.pop() if len(ranks) == 1 else 0
         expected: dict[str, tuple[int, int]] = {}
         for target in self.hypernetwork.targets:
             key_a, key_b = lora_state_dict_keys(target.name)
             expected[key_a] = (rank, target.in_features)
             expected[key_b] = (target.out_features, rank)
         got = {key: tuple(value.shape) for key, value in state_dict.items()}
-        if got != expected:
+        if rank < 1 or got != expected:
             missing = sorted(set(expected) - set(got))[:2]
             unexpected = sorted(set(got) - set(expected))[:2]
-            wrong = [k for k in expected if k in got and got[k] != expected[k]][:2]
+            wrong = [(k, got[k], expected[k]) for k in expected if k in got and got[k] != expected[k]][:2]
             raise IncompatibleBaseModelError(
-                "This adapter does not fit the base model and hypernetwork it is loaded into "
-                f"(missing keys {missing}, unexpected keys {unexpected}, wrong shapes "
-                f"{[(k, got[k], expected[k]) for k in wrong]}). Load it into the base model it was generated for."
+                "This adapter does not fit the base model and hypernetwork it is loaded into (missing keys "
+                f"{missing}, unexpected keys {unexpected}, wrong shapes {wrong}; every module needs A (rank, in) and "
+                "B (out, rank) at one rank). Load it into the base model it was generated for."
             )
+        return rank
 
     @_serialized
     def save_adapter(self, adapter_name: str, save_directory: str | os.PathLike) -> None:
@@ -683,6 +731,11 @@ class HyperLoraModel(BaseTuner):
         state = self.__dict__.copy()
         state.pop("_call_lock", None)  # a lock cannot be copied or pickled; a copy makes its own on first use
         return state
+
+
+def _as_parts(state_dicts: list[Any]) -> list[list[dict[str, torch.Tensor]]]:
+    """Each item as a list of parts to compose: segment adapters stay lists, a whole-video adapter is one part."""
+    return [item if isinstance(item, list) else [item] for item in state_dicts]
 
 
 def _architecture_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str:

@@ -71,6 +71,36 @@ class Video:
         return self.frames.shape[0]
 
 
+def split_video(video: Video, segment_frames: int) -> list[Video]:
+    """Cut the sampled frames of `video` into consecutive, non-overlapping segments of `segment_frames` frames (the
+    last may be shorter).
+
+    Each segment keeps its frames' presentation times from the start of the whole video, and the whole video's
+    duration, so that the prompt SmolVLM's processor writes for a segment ("Frame from MM:SS", "… frames from a MM:SS
+    video") says where in the video it is.
+    """
+    if isinstance(segment_frames, bool) or not isinstance(segment_frames, int) or segment_frames < 1:
+        raise InvalidSamplingError(f"segment_frames must be a whole number >= 1, got {segment_frames!r}.")
+    meta = video.metadata
+    times = list(meta.timestamps)
+    indices = list(meta.frames_indices) if meta.frames_indices is not None else list(range(video.num_frames))
+    segments = []
+    for start in range(0, video.num_frames, segment_frames):
+        stop = min(start + segment_frames, video.num_frames)
+        metadata = TimedVideoMetadata(
+            total_num_frames=meta.total_num_frames,
+            fps=meta.fps,
+            width=meta.width,
+            height=meta.height,
+            duration=meta.duration,
+            video_backend=meta.video_backend,
+            frames_indices=indices[start:stop],
+            frames_timestamps=times[start:stop],
+        )
+        segments.append(Video(frames=video.frames[start:stop], metadata=metadata))
+    return segments
+
+
 def sample_frame_indices(
     total_num_frames: int, source_fps: float | None, num_frames: int, fps: float | None = None
 ) -> list[int]:

@@ -1,0 +1,156 @@
+"""Adapters of non-overlapping video segments composed into one, in rank space.
+
+A generated adapter of a hypernetwork with rank `r` and bias rank `r_b` holds, for each target module, A `(r + r_b,
+in)` and B `(out, r + r_b)`: `r` ranks generated from the video, then the input-independent bias block, the same for
+every video. The composition of K segments' adapters adds their video-dependent deltas and counts the bias block
+once:
+
+    ΔW = Σ_k B_k[:, :r] A_k[:r] + B_bias A_bias
+
+which is one LoRA of rank `K·r + r_b`: the segments' generated ranks concatenated, then the shared bias block. PEFT's
+scaling is exactly 1 in our adapters (`lora_alpha = r`), so the concatenation is exact (Doc-to-LoRA's `combine_lora`
+does the same).
+
+Serving engines cap LoRA rank (vLLM: `max_lora_rank`, at most 512). With `max_rank`, a composed adapter of higher rank is
+re-factored through the SVD of its ΔW (thin QR of A and B, then the SVD of the `K·r + r_b` square core, never the
+`out × in` matrix): exact when ΔW's rank is at most `max_rank` (for instance when `K·r + r_b` exceeds `min(in, out)`),
+the best rank-`max_rank` approximation in Frobenius norm otherwise. `truncation_errors` says what the cap cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from .errors import InvalidAdapterError
+from .generated_adapters import module_name_of_key
+from .lora import lora_state_dict_keys
+
+StateDict = dict[str, torch.Tensor]
+
+
+def compose_adapters(
+    adapters: Sequence[Mapping[str, torch.Tensor]], max_rank: int | None = None, bias_rank: int | None = None
+) -> StateDict:
+    """Compose generated adapters of non-overlapping segments into one PEFT LoRA state dict (file keys).
+
+    Args:
+        adapters: state dicts from `generate_adapter` of one hypernetwork (same keys and shapes; their last
+            `bias_rank` ranks, the bias block, must be identical — that is what shows they come from the same
+            hypernetwork).
+        max_rank: cap the composed rank (see the module docstring); `None` keeps `K·r + bias_rank`.
+        bias_rank: the hypernetwork's bias rank (`HyperLoraConfig.bias_rank`; `HyperLoraModel.compose_adapters`
+            passes it). `None` finds it: the trailing ranks that every adapter shares (two or more adapters needed,
+            and a hypernetwork without a bias block needs `bias_rank=0`).
+
+    Returns:
+        A state dict with A `(R, in)` and B `(out, R)` per module, `R = K·r + bias_rank` or `min(that, max_rank)`;
+        load it with `load_generated_adapter`, or save it with a `LoraConfig(r=R, lora_alpha=R)`.
+    """
+    if bias_rank is None:
+        bias_rank = _shared_trailing_rank(adapters)
+    _check_parts(adapters, bias_rank)
+    if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
+        raise InvalidAdapterError(f"max_rank must be a positive integer or None, got {max_rank!r}.")
+    composed: StateDict = {}
+    for module in _modules(adapters[0]):
+        key_a, key_b = lora_state_dict_keys(module)
+        rank = adapters[0][key_a].shape[0] - bias_rank
+        lora_a = torch.cat([part[key_a][:rank] for part in adapters] + [adapters[0][key_a][rank:]], dim=0)
+        lora_b = torch.cat([part[key_b][:, :rank] for part in adapters] + [adapters[0][key_b][:, rank:]], dim=1)
+        if max_rank is not None and lora_a.shape[0] > max_rank:
+            lora_a, lora_b, _ = _truncate(lora_a, lora_b, max_rank)
+        composed[key_a], composed[key_b] = lora_a.contiguous(), lora_b.contiguous()
+    return composed
+
+
+def truncation_errors(adapter: Mapping[str, torch.Tensor], max_rank: int) -> dict[str, float]:
+    """For each module, `‖ΔW − ΔW_max_rank‖_F / ‖ΔW‖_F`: what capping `adapter` at `max_rank` loses (0 when exact)."""
+    errors = {}
+    for module in _modules(adapter):
+        key_a, key_b = lora_state_dict_keys(module)
+        errors[module] = _truncate(adapter[key_a], adapter[key_b], max_rank)[2]
+    return errors
+
+
+def _truncate(lora_a: torch.Tensor, lora_b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A `(R, in)`, B `(out, R)` → the best rank-`rank` factors of `B @ A` (A `(k, in)`, B `(out, k)`, `k =
+    min(rank, R)`, singular values split evenly between them) and the relative Frobenius error."""
+    dtype = lora_a.dtype
+    q_b, r_b = torch.linalg.qr(lora_b.double())  # (out, R), (R, R)
+    q_a, r_a = torch.linalg.qr(lora_a.double().T)  # (in, R), (R, R)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T)  # ΔW = q_b u diag(s) vh q_aᵀ
+    k = min(rank, s.shape[0])
+    root = s[:k].sqrt()
+    new_b = (q_b @ u[:, :k]) * root  # (out, k)
+    new_a = root[:, None] * (vh[:k] @ q_a.T)  # (k, in)
+    total = s.square().sum()
+    error = float((s[k:].square().sum() / total).sqrt()) if total > 0 else 0.0
+    return new_a.to(dtype), new_b.to(dtype), error
+
+
+def _shared_trailing_rank(adapters: Sequence[Mapping[str, torch.Tensor]]) -> int:
+    """The number of trailing ranks identical in every adapter and module (the bias block), refused when none is."""
+    if len(adapters) < 2:
+        if not adapters:
+            raise InvalidAdapterError("compose_adapters needs at least one adapter.")
+        return _rank(adapters[0])  # one adapter: nothing to compose, every rank kept as it is
+    shared = _rank(adapters[0])
+    for module in _modules(adapters[0]):
+        key_a, key_b = lora_state_dict_keys(module)
+        a, b = adapters[0][key_a], adapters[0][key_b]
+        same = torch.ones(a.shape[0], dtype=torch.bool)
+        for part in adapters[1:]:
+            same &= (part[key_a] == a).all(dim=1) & (part[key_b] == b).all(dim=0)
+        trailing = int(same.flip(0).long().cumprod(0).sum())
+        shared = min(shared, trailing)
+    if shared == 0:
+        raise InvalidAdapterError(
+            "The adapters share no bias block (no trailing ranks are identical in all of them): they come from "
+            "different hypernetworks, or from one without a bias block — then pass bias_rank=0."
+        )
+    return shared
+
+
+def _rank(adapter: Mapping[str, torch.Tensor]) -> int:
+    key_a = lora_state_dict_keys(_modules(adapter)[0])[0]
+    return adapter[key_a].shape[0]
+
+
+def _modules(adapter: Mapping[str, torch.Tensor]) -> list[str]:
+    return sorted({module_name_of_key(key)[0] for key in adapter})
+
+
+def _check_parts(adapters: Sequence[Mapping[str, torch.Tensor]], bias_rank: int) -> None:
+    if not adapters:
+        raise InvalidAdapterError("compose_adapters needs at least one adapter.")
+    first = adapters[0]
+    shapes = {key: tuple(value.shape) for key, value in first.items()}
+    for index, part in enumerate(adapters[1:], start=1):
+        if {key: tuple(value.shape) for key, value in part.items()} != shapes:
+            raise InvalidAdapterError(
+                f"Adapter {index} has other modules or shapes than adapter 0: compose adapters generated by one "
+                "hypernetwork for one base model."
+            )
+    for module in _modules(first):
+        key_a, key_b = lora_state_dict_keys(module)
+        if key_a not in first or key_b not in first:
+            raise InvalidAdapterError(f"Module '{module}' lacks its lora_A or lora_B tensor.")
+        if not 0 <= bias_rank <= first[key_a].shape[0]:
+            raise InvalidAdapterError(
+                f"bias_rank {bias_rank} does not fit rank {first[key_a].shape[0]} of '{module}'."
+            )
+        if bias_rank == 0:
+            continue
+        rank = first[key_a].shape[0] - bias_rank
+        for index, part in enumerate(adapters[1:], start=1):
+            same = torch.equal(part[key_a][rank:], first[key_a][rank:]) and torch.equal(
+                part[key_b][:, rank:], first[key_b][:, rank:]
+            )
+            if not same:
+                raise InvalidAdapterError(
+                    f"Adapter {index}'s bias block (its last {bias_rank} ranks) differs from adapter 0's in '{module}': "
+                    "the adapters come from different hypernetworks (or are composed already). Compose adapters "
+                    "generated by one hypernetwork."
+                )

@@ -1,0 +1,135 @@
+"""Adapters of video segments composed in rank space: exact composition, the rank cap, segment timestamps, loading
+and saving composed adapters, and refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_config
+from peft import PeftModel, get_peft_model
+from transformers import SmolVLMForConditionalGeneration
+
+from peft_hyper import InvalidAdapterError, compose_adapters, load_video, split_video
+from peft_hyper.composition import truncation_errors
+from peft_hyper.lora import lora_state_dict_keys
+
+R, BIAS = 4, 4  # small_config: rank 4 + bias rank 4
+
+
+def delta(state_dict, module) -> torch.Tensor:
+    key_a, key_b = lora_state_dict_keys(module)
+    return state_dict[key_b].double() @ state_dict[key_a].double()
+
+
+def modules(state_dict) -> list[str]:
+    return sorted({key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for key in state_dict})
+
+
+@pytest.fixture
+def parts(hyper_model, clips):
+    return hyper_model.generate_adapter(clips)  # three videos' adapters, one hypernetwork
+
+
+def test_composition_adds_the_video_deltas_and_counts_the_bias_block_once(hyper_model, parts):
+    composed = compose_adapters(parts)  # the bias rank found from the shared trailing ranks
+    assert composed == {} or all(v.shape[0] == 3 * R + BIAS for k, v in composed.items() if ".lora_A." in k)
+    bias = hyper_model.generate_bias_adapter()
+    for module in modules(composed):
+        expected = sum(delta(part, module) - delta(bias, module) for part in parts) + delta(bias, module)
+        torch.testing.assert_close(delta(composed, module), expected, rtol=1e-5, atol=1e-6)
+    assert compose_adapters(parts, bias_rank=BIAS).keys() == composed.keys()
+    single = compose_adapters(parts[:1])
+    assert all(torch.equal(single[k], parts[0][k]) for k in parts[0])  # one part: unchanged
+
+
+def test_a_capped_rank_is_exact_when_delta_w_allows_it_and_the_best_truncation_otherwise(parts):
+    many = parts * 6  # 18 segments: rank 18·4 + 4 = 76 > min(in, out) = 64 for down_proj (128 → 64)
+    full = compose_adapters(many, bias_rank=BIAS)
+    capped = compose_adapters(many, bias_rank=BIAS, max_rank=64)
+    for module in modules(full):
+        assert capped[lora_state_dict_keys(module)[0]].shape[0] == 64
+        torch.testing.assert_close(delta(capped, module), delta(full, module), rtol=1e-5, atol=1e-6)
+    assert max(truncation_errors(full, 64).values()) < 1e-6
+
+    low = compose_adapters(parts, bias_rank=BIAS, max_rank=3)
+    errors = truncation_errors(compose_adapters(parts, bias_rank=BIAS), 3)
+    for module in modules(low):
+        dense = delta(compose_adapters(parts, bias_rank=BIAS), module)
+        s = torch.linalg.svdvals(dense)
+        best = (s[3:].square().sum() / s.square().sum()).sqrt()  # Eckart–Young
+        got = torch.linalg.matrix_norm(delta(low, module) - dense) / torch.linalg.matrix_norm(dense)
+        assert abs(float(got) - float(best)) < 1e-6 and abs(errors[module] - float(best)) < 1e-6
+
+
+def test_adapters_of_different_hypernetworks_or_shapes_are_refused(vlm, parts, clips):
+    other = get_peft_model(vlm, small_config()).generate_adapter(clips[0])  # another (random) bias block
+    with pytest.raises(InvalidAdapterError, match="bias"):
+        compose_adapters([parts[0], other], bias_rank=BIAS)
+    with pytest.raises(InvalidAdapterError, match="share no bias block"):
+        compose_adapters([parts[0], other])
+    assert compose_adapters([parts[0], other], bias_rank=0)  # a hypernetwork without a bias block: say so
+    key = next(iter(parts[0]))
+    with pytest.raises(InvalidAdapterError, match="shapes"):
+        compose_adapters([parts[0], {**parts[1], key: parts[1][key][:-1]}], bias_rank=BIAS)
+    with pytest.raises(InvalidAdapterError):
+        compose_adapters([], bias_rank=BIAS)
+    with pytest.raises(InvalidAdapterError, match="max_rank"):
+        compose_adapters(parts, max_rank=0)
+
+
+def test_segments_keep_their_times_in_the_whole_video(clips, hyper_model):
+    video = load_video(clips[0], num_frames=16)
+    segments = split_video(video, 6)
+    assert [s.num_frames for s in segments] == [6, 6, 4]
+    assert sum((s.metadata.timestamps for s in segments), []) == list(video.metadata.timestamps)
+    assert all(s.metadata.duration == video.metadata.duration for s in segments)
+    tokenizer = hyper_model.processor.tokenizer
+    last = tokenizer.decode(hyper_model.hypernetwork_inputs(segments[-1:])["input_ids"][0])
+    assert "Frame from 00:01" in last and "Frame from 00:00" not in last  # the last segment says where it is
+
+
+def test_segmented_internalization_composes_one_forward_per_batch_of_segments(
+    hyper_model, clips, tiny_base_dir, tmp_path
+):
+    hyper_model.eval()
+    video = load_video(clips[0], num_frames=16)
+    by_hand = compose_adapters([hyper_model.generate_adapter(s) for s in split_video(video, 4)], bias_rank=BIAS)
+    calls = []
+    forward = hyper_model.base_model.generate_lora_factors
+
+    def counting(inputs, *args, **kwargs):
+        calls.append(inputs["input_ids"].shape[0])
+        return forward(inputs, *args, **kwargs)
+
+    hyper_model.base_model.generate_lora_factors = counting
+    segmented = hyper_model.generate_adapter(clips[0], num_frames=16, segment_frames=4, segment_batch_size=3)
+    del hyper_model.base_model.generate_lora_factors
+    assert calls == [3, 1]  # 4 segments, 3 per forward
+    for key in by_hand:
+        torch.testing.assert_close(segmented[key], by_hand[key], rtol=1e-4, atol=1e-6)
+
+    inputs = hyper_model.text_inputs("What moves?")
+    hyper_model.internalize(clips[0], adapter_name="film", num_frames=16, segment_frames=4)
+    with torch.no_grad():
+        expected = hyper_model(**inputs).logits
+    hyper_model.save_adapter("film", tmp_path / "film")
+    stock = PeftModel.from_pretrained(
+        SmolVLMForConditionalGeneration.from_pretrained(tiny_base_dir), tmp_path / "film"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(stock.eval()(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
+
+    hyper_model.internalize(clips[1], adapter_name="film")  # the same name at the plain rank: replaced
+    assert hyper_model.base_model.adapters.config("film").r == R + BIAS
+
+
+def test_internalize_command_writes_a_composed_adapter(clips, tmp_path, capsys):
+    import json
+
+    from peft_hyper.cli import main
+
+    out = tmp_path / "long"
+    argv = ["internalize", clips[0], "-o", str(out), "--frames", "16", "--segment-frames", "4", "--max-rank", "12"]
+    assert main(argv) == 0
+    assert "rank 12" in capsys.readouterr().out
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 12
