@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from peft_hyper import synthetic as S
-from peft_hyper.testing_utils import make_test_frames
+from peft_hyper.testing import world as S
+from peft_hyper.testing.videos import make_test_frames
 
 
 def _digest(data: bytes) -> str:
