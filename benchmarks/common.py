@@ -1,6 +1,6 @@
 """Shared helpers for the peft-hyper benchmarks (not a library API; imported by the scripts in this folder).
 
-Models are randomly initialised with the real SmolVLM2 architectures (`peft_hyper.testing_utils.smolvlm2_config`) and
+Models are randomly initialised with the real SmolVLM2 architectures (`peft_hyper.testing.models.smolvlm2_config`) and
 the real processor geometry (512px frames, 64 visual tokens per frame for 256M/500M) on a locally built tokenizer.
 Random weights are fine for timing and memory: the FLOPs and tensor shapes are those of the real checkpoints.
 """
@@ -143,7 +143,7 @@ def build(
     from transformers import SmolVLMForConditionalGeneration
 
     import peft_hyper
-    from peft_hyper.testing_utils import (
+    from peft_hyper.testing.models import (
         build_smolvlm_tokenizer,
         build_tiny_smolvlm,
         smolvlm2_config,
@@ -199,12 +199,12 @@ def video_geometry(arch: str) -> tuple[int, int]:
 
 def make_video(directory: Path, arch: str, num_frames: int, seed: int = 0) -> Path:
     """An mp4 with exactly `num_frames` frames at 1 fps (so every frame is sampled; timestamps like the Hub's fps=1)."""
-    from peft_hyper.testing_utils import write_test_video
+    from peft_hyper.testing.videos import make_test_frames, write_video
 
     height, width = video_geometry(arch)
     path = Path(directory) / f"{arch}_{num_frames}f_{height}p_s{seed}.mp4"
     if not path.exists():
-        write_test_video(path, num_frames=num_frames, fps=1, height=height, width=width, seed=seed)
+        write_video(make_test_frames(num_frames, height, width, seed=seed), path, fps=1)
     return path
 
 

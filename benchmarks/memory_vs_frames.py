@@ -158,7 +158,7 @@ def measure_point(args, arch: str, frames: int, mode: str) -> dict:
 
 def analytic(arch: str, frames: int, tokens: int | None) -> dict[str, float]:
     """Sizes (MiB, fp32) of the big tensors of one forward at the real architecture."""
-    from peft_hyper.testing_utils import SMOLVLM2_ARCHITECTURES
+    from peft_hyper.testing.models import SMOLVLM2_ARCHITECTURES
 
     if arch == "tiny":
         return {}

@@ -61,7 +61,7 @@ def main() -> None:
     import peft_hyper
     from peft_hyper.cli import default_model
     from peft_hyper.config import resolve_package_path
-    from peft_hyper.synthetic import make_dataset
+    from peft_hyper.testing.world import make_dataset
 
     model_dir = args.model or default_model()
     if model_dir is None:

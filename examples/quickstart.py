@@ -20,8 +20,8 @@ from peft import get_peft_model
 from transformers import SmolVLMForConditionalGeneration
 
 import peft_hyper  # registers the HYPERLORA peft type
-from peft_hyper.synthetic import caption, sample_spec, write_clip
-from peft_hyper.testing_utils import save_tiny_smolvlm
+from peft_hyper.testing.models import save_tiny_smolvlm
+from peft_hyper.testing.world import caption, sample_spec, write_clip
 
 
 def main() -> None:

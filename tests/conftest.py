@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import peft_hyper  # noqa: E402,F401  (registers the HYPERLORA peft type)
 from peft_hyper import HyperLoraConfig  # noqa: E402
-from peft_hyper.testing_utils import save_tiny_smolvlm, write_test_video  # noqa: E402
+from peft_hyper.testing.models import build_tiny_smolvlm, save_tiny_smolvlm  # noqa: E402
+from peft_hyper.testing.videos import make_test_frames, write_video  # noqa: E402
 
 
 def small_config(**overrides) -> HyperLoraConfig:
@@ -32,8 +33,6 @@ def tiny_base_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def other_base_dir(tmp_path_factory) -> str:
     """A tiny SmolVLM with a different text width: the 'wrong base model'."""
-    from peft_hyper.testing_utils import build_tiny_smolvlm
-
     model, processor = build_tiny_smolvlm(seed=1, text_hidden=96, heads=4, kv_heads=2, intermediate=160)
     return str(save_tiny_smolvlm(tmp_path_factory.mktemp("other_smolvlm"), model=model, processor=processor))
 
@@ -42,7 +41,7 @@ def other_base_dir(tmp_path_factory) -> str:
 def clips(tmp_path_factory) -> list[str]:
     folder = tmp_path_factory.mktemp("clips")
     return [
-        str(write_test_video(folder / f"clip{seed}.mp4", num_frames=16, fps=8, height=48, width=64, seed=seed))
+        str(write_video(make_test_frames(16, 48, 64, seed=seed), folder / f"clip{seed}.mp4", fps=8))
         for seed in range(3)
     ]
 

@@ -8,7 +8,7 @@ from peft import get_peft_model
 from transformers import SmolVLMForConditionalGeneration
 
 from peft_hyper import HyperLoraConfig
-from peft_hyper.testing_utils import smolvlm2_config
+from peft_hyper.testing.models import smolvlm2_config
 
 # (text hidden size, decoder layers, down_proj in-features) of the published SmolVLM2 configs.
 ARCHITECTURES = {"256M": (576, 30, 1536), "500M": (960, 32, 2560), "2.2B": (2048, 24, 8192)}

@@ -130,6 +130,43 @@ def test_eval_out_that_is_a_file_is_refused_before_loading(manifest, tmp_path, c
     assert line.startswith("error: --out") and "is an existing file" in line
 
 
+@pytest.fixture
+def spec_dataset(tmp_path) -> Path:
+    """Synthetic-world rows with a `spec` column and no video files."""
+    from peft_hyper.testing.world import make_dataset
+
+    path = tmp_path / "world"
+    make_dataset(2, seed=0, split="test", questions_per_clip=1).save_to_disk(path)
+    return path
+
+
+def test_eval_of_spec_rows_without_a_video_loader_is_refused_before_loading(spec_dataset, tmp_path, capsys, no_model):
+    line = user_error(capsys, ["eval", "--data", str(spec_dataset), "--margin", "0.05", "--out", str(tmp_path / "r")])
+    assert "`spec` column" in line and "--video-loader peft_hyper.testing.world:render_spec_video" in line
+
+
+def test_a_bad_video_loader_is_refused_before_loading(manifest, tmp_path, capsys, no_model):
+    argv = ["eval", "--data", str(manifest), "--margin", "0.05", "--out", str(tmp_path / "r"), "--video-loader"]
+    assert "cannot import module 'nowhere'" in user_error(capsys, [*argv, "nowhere:load"])
+    assert "takes MODULE:FUNCTION" in user_error(capsys, [*argv, "render_spec_video"])
+
+
+def test_eval_renders_spec_rows_with_the_world_video_loader(spec_dataset, tmp_path, capsys, tiny_model):
+    out = tmp_path / "report"
+    argv = ["eval", "--data", str(spec_dataset), "--margin", "0.1", "--frames", "2", "--controls", "no_video"]
+    argv += [
+        "--max-new-tokens",
+        "1",
+        "--out",
+        str(out),
+        "--video-loader",
+        "peft_hyper.testing.world:render_spec_video",
+    ]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["excluded"] == {} and set(results["predictions"]) == {"in_context@2", "adapter@2", "no_video@2"}
+
+
 # --- checkpoints and adapter directories
 
 

@@ -22,7 +22,8 @@ from peft_hyper.data import (
     validate_dataset,
     video_key,
 )
-from peft_hyper.testing_utils import build_tiny_smolvlm, write_test_video
+from peft_hyper.testing.models import build_tiny_smolvlm
+from peft_hyper.testing.videos import make_test_frames, write_video
 
 TINY_CONFIG = {"r": 4, "latent_dim": 32, "num_latents": 4, "num_blocks": 2, "num_heads": 2, "head_dim": 16}
 
@@ -30,7 +31,7 @@ TINY_CONFIG = {"r": 4, "latent_dim": 32, "num_latents": 4, "num_blocks": 2, "num
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("clips")
-    return [write_test_video(root / f"c{i}.mp4", num_frames=8, fps=4, height=32, width=32, seed=i) for i in range(3)]
+    return [write_video(make_test_frames(8, 32, 32, seed=i), root / f"c{i}.mp4", fps=4) for i in range(3)]
 
 
 @pytest.fixture(scope="module")

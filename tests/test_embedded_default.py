@@ -14,11 +14,11 @@ from peft import AutoPeftModel
 from transformers import AutoProcessor, SmolVLMForConditionalGeneration
 
 import peft_hyper
-from peft_hyper import synthetic as S
 from peft_hyper.cli import default_model
 from peft_hyper.cli import main as cli_main
 from peft_hyper.evaluation.runner import evaluate_adapters, load_eval_items
 from peft_hyper.inputs import build_video_inputs
+from peft_hyper.testing import world as S
 from peft_hyper.video import load_video
 
 CHECKPOINT = Path(peft_hyper.__file__).parent / "checkpoints" / "frames2lora-synthetic"
@@ -63,6 +63,7 @@ def test_adapter_answers_held_out_questions_far_above_the_controls(shipped):
         max_new_tokens=6,
         batch_size=16,
         progress=False,
+        video_loader=S.render_spec_video,
     )
 
     def accuracy(condition: str) -> float:

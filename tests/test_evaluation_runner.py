@@ -115,10 +115,60 @@ def test_each_distinct_video_is_checked_once(clips, tmp_path, monkeypatch):
         for q in range(3)
         for name, video in (("a", clips[0]), ("gone", missing), ("b", clips[1]))
     ]
-    videos, excluded = runner._load_videos(items, num_frames=4)
+    videos, excluded = runner._load_videos(items)
     assert sorted(checked) == sorted([str(clips[0]), missing, str(clips[1])])
     assert set(videos) == {f"{name}-{q}" for q in range(3) for name in "ab"}
     assert set(excluded) == {f"gone-{q}" for q in range(3)} and len(set(excluded.values())) == 1
+
+
+def test_spec_rows_are_read_by_the_video_loader_at_every_frame_count_and_size(checkpoint):
+    from peft import AutoPeftModel
+
+    from peft_hyper.testing.world import make_dataset, render_spec_video
+
+    items = load_eval_items(make_dataset(2, seed=0, split="test", questions_per_clip=1))
+    assert all(item.spec for item in items)
+    with pytest.raises(UsageError, match="--video-loader peft_hyper.testing.world:render_spec_video"):
+        evaluate_adapters(None, items, margin=0.1)  # refused before the model is touched
+
+    calls = []
+
+    def loader(source, num_frames, size):
+        calls.append((source, num_frames, size))
+        return render_spec_video(source, num_frames, size)
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    kwargs = dict(metrics=["exact_match"], controls=["no_video"], max_new_tokens=1, progress=False)
+    run = evaluate_adapters(model, items, margin=0.1, frames=[2, 3], sizes=[None, 32], video_loader=loader, **kwargs)
+    assert run.excluded == {} and len(run.predictions) == 9
+    assert {source for source, _, _ in calls} == {item.spec for item in items}
+    assert {(frames, size) for _, frames, size in calls} == {(1, None), (2, None), (2, 32), (3, None), (3, 32)}
+
+
+def test_a_loader_that_cannot_read_the_sources_is_a_usage_error_not_an_exclusion(clips):
+    from peft_hyper.testing.world import render_spec_video
+
+    items = [runner.EvalItem(id=str(i), video=clip, prompt="what?", references=["x"]) for i, clip in enumerate(clips)]
+    with pytest.raises(UsageError, match="renders synthetic-world specs"):
+        runner._load_videos(items, render_spec_video)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("render_spec_video", "takes MODULE:FUNCTION"),
+        (":render_spec_video", "takes MODULE:FUNCTION"),
+        ("peft_hyper.no_such_module:load", "cannot import module 'peft_hyper.no_such_module'"),
+        ("peft_hyper.testing.world:no_such_loader", "no callable 'no_such_loader'"),
+        ("peft_hyper.testing.world:COLOURS", "no callable 'COLOURS'"),
+    ],
+)
+def test_video_loader_names(name, message):
+    from peft_hyper.testing.world import render_spec_video
+
+    assert runner.import_video_loader("peft_hyper.testing.world:render_spec_video") is render_spec_video
+    with pytest.raises(UsageError, match=message):
+        runner.import_video_loader(name)
 
 
 def test_shuffled_control_uses_another_video(checkpoint, clips, tiny_base_dir):
@@ -163,15 +213,15 @@ def test_questions_about_one_clip_share_one_generated_adapter(checkpoint, clips)
 
     tuner.generate_adapter = counting
     cache = runner._PredictionCache(None, "m")
-    shared = runner._predict(
-        model, items, {i.id: i.video for i in items}, "adapter", 2, None, cache, 3, 6, 0, progress=False
-    )
+    videos = {i.id: i.video for i in items}
+    shared = runner._predict(model, items, videos, runner.load_eval_video, "adapter", 2, None, cache, 3, 6, 0, False)
     assert generated == [2]  # six questions, two videos: two adapters, one hypernetwork call
     for item in items:  # the same answers as internalizing for each question alone
         single = runner._predict(
             model,
             [item],
             {item.id: item.video},
+            runner.load_eval_video,
             "adapter",
             2,
             None,

@@ -128,7 +128,7 @@ def test_a_checkpoint_missing_weights_is_refused(hyper_model, tmp_path):
 
 
 def test_exported_adapters_name_their_modules_and_leave_others_unchanged(hyper_model, clips, tmp_path):
-    from peft_hyper.testing_utils import build_tiny_smolvlm
+    from peft_hyper.testing.models import build_tiny_smolvlm
 
     hyper_model.internalize(clips[0], adapter_name="clip")
     hyper_model.save_adapter("clip", tmp_path / "clip")

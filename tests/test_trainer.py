@@ -39,7 +39,8 @@ from peft_hyper.data import (
     load_manifest,
     validate_dataset,
 )
-from peft_hyper.testing_utils import save_tiny_smolvlm, write_test_video
+from peft_hyper.testing.models import save_tiny_smolvlm
+from peft_hyper.testing.videos import make_test_frames, write_video
 from peft_hyper.trainer import (
     CHECKPOINT_COMPLETE_NAME,
     HyperLoraTrainer,
@@ -71,7 +72,7 @@ def workdir(tmp_path_factory) -> Path:
     save_tiny_smolvlm(root / "tiny-smolvlm", seed=0)
     with (root / "train.jsonl").open("w") as f:
         for i in range(8):
-            write_test_video(root / "videos" / f"clip{i}.mp4", num_frames=8, fps=4, height=32, width=32, seed=i)
+            write_video(make_test_frames(8, 32, 32, seed=i), root / "videos" / f"clip{i}.mp4", fps=4)
             record = {"id": f"clip{i}", "video_path": f"videos/clip{i}.mp4", "prompt": "Describe the video.",
                       "task_type": "caption", "target_text": TARGETS[i % 2]}  # fmt: skip
             f.write(json.dumps(record) + "\n")

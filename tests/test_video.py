@@ -23,7 +23,8 @@ from peft_hyper import (
     load_video,
 )
 from peft_hyper.errors import InvalidSamplingError
-from peft_hyper.testing_utils import build_smolvlm_processor, make_test_frames, write_test_video
+from peft_hyper.testing.models import build_smolvlm_processor
+from peft_hyper.testing.videos import make_test_frames, write_video
 from peft_hyper.video import TimedVideoMetadata, sample_frame_indices, sample_frames_by_time
 
 
@@ -350,7 +351,7 @@ def _index_rule(total: int, source_fps: float, num_frames: int, fps: float | Non
 
 @pytest.mark.parametrize("rate, total", [(8, 16), (30, 95), (30000 / 1001, 61), (25, 7)])
 def test_constant_rate_video_keeps_its_frames_and_prompt(tmp_path, processor, rate, total):
-    path = write_test_video(tmp_path / "clip.mp4", num_frames=total, fps=rate, height=32, width=32, seed=total)
+    path = write_video(make_test_frames(total, 32, 32, seed=total), tmp_path / "clip.mp4", fps=rate)
     every_frame = load_video(path, num_frames=total)
     assert every_frame.metadata.frames_indices == list(range(total))
     for num_frames, fps in [(1, None), (4, None), (7, None), (12, None), (64, None), (12, 1.0), (12, 3.0), (5, 7.5)]:

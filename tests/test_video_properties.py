@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from peft_hyper import PeftHyperError, Video, load_video
-from peft_hyper.testing_utils import write_test_video
+from peft_hyper.testing.videos import make_test_frames, write_video
 from peft_hyper.video import sample_frame_indices, sample_frames_by_time
 
 SETTINGS = settings(
@@ -38,7 +38,7 @@ _PIL_MODES = ["RGB", "L", "P", "RGBA", "CMYK", "1", "I", "F", "LA", "I;16", "La"
 
 @pytest.fixture(scope="module")
 def clip_bytes(tmp_path_factory) -> bytes:
-    path = write_test_video(tmp_path_factory.mktemp("clip") / "clip.mp4", num_frames=12, fps=6, height=16, width=24)
+    path = write_video(make_test_frames(12, 16, 24), tmp_path_factory.mktemp("clip") / "clip.mp4", fps=6)
     return Path(path).read_bytes()
 
 

@@ -7,7 +7,8 @@
 * ``frames``: the first ``--sweep_clips`` of those same clips rendered at ``--sweep_frames`` frames over the same
   12 seconds (fps = frames / 12), so sampling 12, 48 or 192 frames from them shows the same events.
 
-Evaluate with the `frames2lora eval` commands printed at the end (they are the ones in docs/evaluation.md).
+Evaluate with the `frames2lora eval` commands printed at the end (the ones in docs/embedded_default.md, "Reproduce"):
+``--video-loader peft_hyper.testing.world:render_spec_video`` renders each row's clip from its ``spec`` column.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from peft_hyper.synthetic import make_dataset
+from peft_hyper.testing.world import make_dataset
 
 
 def main() -> None:
@@ -38,10 +39,12 @@ def main() -> None:
         dataset = make_dataset(seed=args.seed, size=64, video_dir=out / name / "videos", split="test", **kwargs)
         dataset.save_to_disk(str(out / name / "dataset"))
         print(f"{out / name}: {len(dataset)} rows from {kwargs['num_clips']} clips")
+    loader = "--video-loader peft_hyper.testing.world:render_spec_video"
     print(
-        f"\nframes2lora eval --data {out}/main/dataset --margin 0.05 --frames 12 --batch-size 16 --out REPORT/main\n"
+        f"\nframes2lora eval --data {out}/main/dataset --margin 0.05 --frames 12 --batch-size 16 {loader} "
+        "--out REPORT/main\n"
         f"frames2lora eval --data {out}/frames/dataset --margin 0.05 --controls '' --frames 12,48,192 --batch-size 4 "
-        "--out REPORT/frames"
+        f"{loader} --out REPORT/frames"
     )
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import peft_hyper
-from peft_hyper import synthetic as S
+from peft_hyper.testing import world as S
 
 NUM_FRAMES, SIZE = 12, 64
 

@@ -1,12 +1,12 @@
 """Where is motion lost? Probe the frozen base's layer-input states (the hypernetwork's input) for motion direction.
 
-The shipped adapter answers motion questions at chance while the base answers them with the video in context. This
-script asks whether the states the hypernetwork reads carry motion at all, and whether a perceiver's latent bottleneck
-keeps it. For each clip it runs the base once under the checkpoint's internalization prompt (exactly the
-hypernetwork's forward; `--prompt` / `--[no-]generation_prompt` try another) and keeps the states entering
-`--layers`; then it trains small read-out models with direct supervision (no LoRA, no base in the loop), each
-answering "which way does the {colour} object move?" (5-way) and, as a sanity check, "what shape is the {colour}
-object?" (3-way) from an object query:
+An adapter can answer motion questions at chance while the base answers them with the video in context (hypernetworks 1
+and 2 did; docs/embedded_default.md, "Where motion is lost", has the results). This script asks whether the states the
+hypernetwork reads carry motion at all, and whether a perceiver's latent bottleneck keeps it. For each clip it runs the
+base once under the checkpoint's internalization prompt (exactly the hypernetwork's forward; `--prompt` /
+`--[no-]generation_prompt` try another) and keeps the states entering `--layers`; then it trains small read-out models
+with direct supervision (no LoRA, no base in the loop), each answering "which way does the {colour} object move?"
+(5-way) and, as a sanity check, "what shape is the {colour} object?" (3-way) from an object query:
 
 - `direct`: the query cross-attends to every token's state (an upper bound: what attention over the context gets);
 - `latentN`: a perceiver with N latents (the hypernetwork's own `Perceiver` and position features) reads the
@@ -17,7 +17,7 @@ about 2 min of feature extraction plus 1–2 min per variant (7 min in all).
 
     python examples/embedded_default/probe_motion.py --variants direct latent8 latent32
     python examples/embedded_default/probe_motion.py --prompt "Internalize this video for later captioning." \
-        --no-generation_prompt   # the first two shipped hypernetworks' prompt
+        --no-generation_prompt   # the prompt hypernetwork 1 read
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from peft_hyper.cli import default_model, load_model
 from peft_hyper.hidden_states import stream_decoder_layer_inputs
 from peft_hyper.hypernetwork import HyperNetwork, position_features
 from peft_hyper.perceiver import Attention, FeedForward, Perceiver
-from peft_hyper.synthetic import (
+from peft_hyper.testing.world import (
     COLOURS,
     MOTIONS,
     SHAPES,

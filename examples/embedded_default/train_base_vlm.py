@@ -7,16 +7,13 @@ SmolVLM chat template with a video entry (formatted by the processor, exactly as
 then the question, and a next-token loss on the answer tokens only (``" " + answer + "<end_of_utterance>"``, the
 convention of `peft_hyper.data`). Captions ("Describe the video.") are mixed in: every caption token needs the video.
 
-Reproduce the shipped base (`training_report.json` beside it holds both stages' validation curves). It was trained on
-one H200 lent for 15 minutes: stage 1 ran three variants side by side (this is C; A = 4 text layers at lr 1e-3,
-B = 4 layers at lr 2e-3 / batch 256, reached 0.609 and 0.579 mean per-kind accuracy), stage 2 continued C alone.
-Both stages together: ~11 min of GPU time; on a CPU the same loop is ~100x slower.
+    python examples/embedded_default/train_base_vlm.py --output_dir outputs/base_vlm --minutes 6.5
 
-    python examples/embedded_default/train_base_vlm.py --output_dir outputs/base_stage1 --minutes 6.5 \
-        --pool_clips 40000 --learning_rate 1e-3 --batch_size 128
-    python examples/embedded_default/train_base_vlm.py --output_dir outputs/base_vlm --minutes 4.7 \
-        --pool_clips 20000 --learning_rate 6e-4 --warmup_steps 50 --seed 1 \
-        --init_from outputs/base_stage1 --processor_dir outputs/base_stage1
+Main options: the architecture (`--text_layers`, `--text_hidden`, `--image_size`, `--patch_size`, ...), `--pool_clips`,
+`--batch_size`, `--learning_rate`, `--minutes` / `--max_steps`, `--init_from` and `--processor_dir` (continue a saved
+model with its processor), `--device`, `--workers`. The shipped base is two stages of this script on a GPU; their
+commands, times and results are in docs/embedded_default.md ("How it was built" and "Reproduce"), and its
+`training_report.json` holds both stages' validation curves.
 
 What makes it fast without changing what the model sees:
 
@@ -50,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoProcessor, SmolVLMForConditionalGeneration
 
-from peft_hyper import synthetic as S
 from peft_hyper.inputs import build_video_inputs
-from peft_hyper.testing_utils import build_smolvlm_tokenizer, build_tiny_smolvlm
+from peft_hyper.testing import world as S
+from peft_hyper.testing.models import build_smolvlm_tokenizer, build_tiny_smolvlm
 from peft_hyper.video import Video, load_video
 
 IGNORE_INDEX = -100

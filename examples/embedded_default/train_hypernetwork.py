@@ -1,59 +1,24 @@
 """Train the embedded default's Frames2LoRA hypernetwork on the frozen synthetic-world base VLM, and ship it.
 
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --output src/peft_hyper/checkpoints/frames2lora-synthetic
+    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2
 
-The shipped hypernetwork is eleven runs of this script on 2 CPU threads (mp4 writing included):
+Writes `--train_clips` real mp4 clips of the synthetic world (seeded by `--seed`) with torchcodec, with their questions
+and (`--captions`) caption rows, and trains with `HyperLoraTrainer` (video → adapter; the student answers with the
+adapter and no video in context; `--objective` ce, kl or ce+kl against the video-in-context teacher). Then it saves a
+self-contained checkpoint to `--output` (default: the shipped one's folder,
+`src/peft_hyper/checkpoints/frames2lora-synthetic`): the hypernetwork (`adapter_model.safetensors`,
+`adapter_config.json`), the processor, a model card, and the base VLM under `base/` (named
+`peft_hyper://checkpoints/<name>/base` in the config so it resolves wherever the package is installed).
 
-    # 1. the defaults, but the reference's internalization prompt: 4,000 clips with their questions and captions
-    #    (43,594 rows), 5,000 steps of batch 8 (up to 4 rows of a clip per batch), 32 latents, ce+kl; 62.2 min
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --internalize_prompt "Internalize this video for later captioning." --no-internalize_generation_prompt \
-        --output outputs/hypernetwork_stage1 --workdir outputs/hypernetwork
-    # 2. continued on 4,000 other clips (seed 1) under the default prompt, "Describe the video." + the assistant
-    #    turn's opening: 3,500 steps at lr 5e-4; 40.1 min
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --init_from outputs/hypernetwork_stage1 --seed 1 --max_steps 3500 --learning_rate 5e-4 \
-        --output outputs/hypernetwork_stage2 --workdir outputs/hypernetwork_stage2
-    # 3. continued on 4,000 more clips (seed 2) with motion rows x4 and temporal-order rows x2 in the loss (a
-    #    one-token motion answer is otherwise drowned among captions and attributes): 3,000 steps; 41.1 min
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --init_from outputs/hypernetwork_stage2 --seed 2 --max_steps 3000 --learning_rate 5e-4 \
-        --task_weights motion=4,temporal=2 --output outputs/hypernetwork_stage3 --workdir outputs/hypernetwork_stage3
-    # 4. the same on 4,000 more clips (seed 3); 46.5 min
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --init_from outputs/hypernetwork_stage3 --seed 3 --max_steps 3000 --learning_rate 5e-4 \
-        --task_weights motion=4,temporal=2 --output outputs/hypernetwork_stage4 --workdir outputs/hypernetwork_stage4
-    # 5. on 4,000 more clips (seed 4) with objective ce alone (the KL teacher answers motion right only half the time)
-    #    and motion x6, temporal x3: 3,000 steps; 17.0 min
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --init_from outputs/hypernetwork_stage4 --seed 4 --max_steps 3000 --learning_rate 5e-4 --objective ce \
-        --task_weights motion=6,temporal=3 --output outputs/hypernetwork_stage5 --workdir outputs/hypernetwork_stage5
-    # 6. the same for 4,000 steps on 4,000 more clips (seed 5); 19.9 min
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --init_from outputs/hypernetwork_stage5 --seed 5 --max_steps 4000 --learning_rate 5e-4 --objective ce \
-        --task_weights motion=6,temporal=3 --output outputs/hypernetwork_stage6 --workdir outputs/hypernetwork_stage6
-    # 7., 8. and 9. the same, each on 4,000 more clips (seeds 6, 7, 8); 20.7, 20.0 and 19.0 min
-    for stage in 7 8 9; do
-        python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-            --init_from outputs/hypernetwork_stage$((stage - 1)) --seed $((stage - 1)) --max_steps 4000 \
-            --learning_rate 5e-4 --objective ce --task_weights motion=6,temporal=3 \
-            --output outputs/hypernetwork_stage$stage --workdir outputs/hypernetwork_stage$stage
-    done
-    # 10. and 11. the same with motion x10, each on 4,000 more clips (seeds 9, 10); 20.1 and 19.3 min
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --init_from outputs/hypernetwork_stage9 --seed 9 --max_steps 4000 --learning_rate 5e-4 --objective ce \
-        --task_weights motion=10,temporal=3 --output outputs/hypernetwork_stage10 --workdir outputs/hypernetwork_stage10
-    python examples/embedded_default/train_hypernetwork.py --base outputs/base_vlm --threads 2 \
-        --init_from outputs/hypernetwork_stage10 --seed 10 --max_steps 4000 --learning_rate 5e-4 --objective ce \
-        --task_weights motion=10,temporal=3 --workdir outputs/hypernetwork_stage11
+Main options: `--base` (the frozen VLM, from `train_base_vlm.py`; the shipped one is also the checkpoint's `base/`),
+`--init_from` (continue a saved checkpoint), `--max_steps`, `--learning_rate`, `--objective`, `--task_weights`
+(loss weight per question kind, e.g. `motion=4,temporal=2`), `--internalize_prompt` /
+`--internalize_generation_prompt` (what the hypernetwork reads the video under), `--num_latents`, `--rank`,
+`--rows_per_video`, `--threads`.
 
-`outputs/base_vlm` comes from `train_base_vlm.py`; the shipped base is also in the checkpoint's `base/` folder.
-
-Writes real mp4 clips of the synthetic world with torchcodec, trains with `HyperLoraTrainer` (video → adapter; the
-student answers with the adapter and no video in context), and saves a self-contained checkpoint: the hypernetwork
-(`adapter_model.safetensors`, `adapter_config.json`), the processor, a model card, and the base VLM under `base/`
-(named `peft_hyper://checkpoints/<name>/base` in the config so it resolves wherever the package is installed).
+The shipped hypernetwork is eleven stages of this script, each on new clips and each after the first continuing the
+one before: their commands, times and results are in docs/embedded_default.md ("Reproduce", and the results table
+of "Does it work?").
 """
 
 from __future__ import annotations
@@ -70,7 +35,7 @@ from transformers import AutoProcessor, SmolVLMForConditionalGeneration, Trainin
 
 import peft_hyper
 from peft_hyper.config import PACKAGE_PATH_PREFIX
-from peft_hyper.synthetic import CAPTION_PROMPT, QA_KINDS, make_dataset
+from peft_hyper.testing.world import CAPTION_PROMPT, QA_KINDS, make_dataset
 
 
 def parse_task_weights(text: str) -> dict[str, float]:

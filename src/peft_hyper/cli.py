@@ -5,6 +5,7 @@ frames2lora ask VIDEO "question" ... [--compare] [--json]
 frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the video is not touched
 frames2lora internalize VIDEO -o DIR
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
+                 [--video-loader MODULE:FUNCTION]      # e.g. peft_hyper.testing.world:render_spec_video
 """
 
 from __future__ import annotations
@@ -299,12 +300,14 @@ def cmd_internalize(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.runner import evaluate_adapters, load_eval_items
+    from .evaluation.runner import check_video_loader, evaluate_adapters, import_video_loader, load_eval_items
 
     _check_output_dir(args.out, "--out")
+    video_loader = import_video_loader(args.video_loader) if args.video_loader else None
     items = load_eval_items(args.data, split=args.split)  # before the model: bad data fails in a second
     if args.limit is not None:
         items = items[: args.limit]
+    check_video_loader(items, video_loader)
     model = load_model(args.model)
     run = evaluate_adapters(
         model,
@@ -318,6 +321,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         output_dir=args.out,
         seed=args.seed,
+        video_loader=video_loader,
     )
     print(run.report.markdown.read_text(encoding="utf-8"))
     if run.excluded:
@@ -446,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=_count, default=None, help="evaluate the first N items only")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", required=True, help="report directory (also caches predictions)")
+    evaluate.add_argument(
+        "--video-loader",
+        metavar="MODULE:FUNCTION",
+        help="a function (source, num_frames, size) -> peft_hyper.Video that reads each item's video (default: decode "
+        "the file); peft_hyper.testing.world:render_spec_video renders a synthetic-world `spec` column",
+    )
     evaluate.set_defaults(func=cmd_eval)
     return parser
 

@@ -7,17 +7,21 @@ Conditions:
 - `no_video`: the frozen base model, question text-only;
 - `bias_only`: the hypernetwork's input-independent block alone (an adapter from no video);
 - `shuffled`: another item's adapter (a video with different content).
+
+Videos are read through a video loader, `(source, num_frames, size) -> Video`: by default [`load_eval_video`] (the
+file, resized); [`import_video_loader`] resolves `frames2lora eval --video-loader MODULE:FUNCTION`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
 import numbers
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,12 @@ CONTROLS = ("no_video", "bias_only", "shuffled")
 BASE_ONLY_CONDITIONS = (BASELINE, "no_video")  # answered by the base VLM alone
 ALL_CONDITIONS = (BASELINE, "adapter", *CONTROLS)
 
+# How `evaluate_adapters` reads an item's video: `(source, num_frames, size) -> Video`, where `source` is the item's
+# `spec` when it has one, else its `video`, and `size` the longest edge in px (`None`: as stored).
+VideoLoader = Callable[[Any, int, int | None], Video]
+# The loader of the synthetic world's `spec` column (in `peft_hyper.testing`, which the runtime does not import).
+SPEC_VIDEO_LOADER = "peft_hyper.testing.world:render_spec_video"
+
 
 @dataclass
 class EvalItem:
@@ -49,7 +59,7 @@ class EvalItem:
     prompt: str
     references: list[str]
     benchmark: str = "default"
-    spec: str | None = None  # a synthetic-world clip spec: the clip is rendered at any frame count from it
+    spec: str | None = None  # a synthetic-world clip spec, read by the video loader instead of `video`
 
 
 @dataclass
@@ -183,12 +193,18 @@ def evaluate_adapters(
     alpha: float = 0.05,
     n_bootstrap: int = 2000,
     progress: bool = True,
+    video_loader: VideoLoader | None = None,
 ) -> EvaluationRun:
     """Answer `items` under the baseline, `adapter` and `controls` (at `frames[0]`, `sizes[0]`), and under the
     baseline and `adapter` at every other frame count / size; score with `metrics`; compare paired per item against
     the baseline at the user's pre-registered `margin`. With `output_dir`, predictions are cached there (a rerun
-    with other metrics generates nothing) and the report is written there."""
+    with other metrics generates nothing) and the report is written there.
+
+    Videos are read with `video_loader(source, num_frames, size)` ([`VideoLoader`]; default [`load_eval_video`]).
+    Items with a `spec` need a loader that reads specs, e.g. `peft_hyper.testing.world.render_spec_video`."""
     _check_arguments(metrics, margin, controls, frames, sizes, max_new_tokens, batch_size)
+    check_video_loader(items, video_loader)
+    video_loader = video_loader or load_eval_video
     loaded_metrics = [load_metric(m) for m in metrics]
     if len(items) < 2:
         raise EvalDataError(f"Evaluation needs at least two items (paired statistics); got {len(items)}.")
@@ -209,7 +225,7 @@ def evaluate_adapters(
     )
     model.eval()
 
-    videos, excluded = _load_videos(items, max(frames))
+    videos, excluded = _load_videos(items, video_loader)
     kept = [item for item in items if item.id not in excluded]
     if len(kept) < 2:
         raise EvalDataError(f"Fewer than two items have a readable video ({len(excluded)} excluded): {excluded}.")
@@ -229,7 +245,18 @@ def evaluate_adapters(
     for condition, num_frames, size in tqdm(plan, desc="conditions", disable=not progress):
         run_key = _run_key(condition, num_frames, size)
         predictions[run_key] = _predict(
-            model, kept, videos, condition, num_frames, size, cache, max_new_tokens, batch_size, seed, progress
+            model,
+            kept,
+            videos,
+            video_loader,
+            condition,
+            num_frames,
+            size,
+            cache,
+            max_new_tokens,
+            batch_size,
+            seed,
+            progress,
         )
 
     by_benchmark: dict[str, list[EvalItem]] = {}
@@ -347,35 +374,9 @@ def _run_key(condition: str, frames: int, size: int | None) -> str:
     return f"{condition}@{frames}" + (f"@{size}px" if size else "")
 
 
-def _load_videos(items: Sequence[EvalItem], num_frames: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """Check every distinct video once; unreadable ones are excluded from every condition (so pairs stay paired)."""
-    videos: dict[str, Any] = {}
-    excluded: dict[str, str] = {}
-    errors: dict[str, str | None] = {}  # video key → load error (None: readable)
-    for item in items:
-        if item.spec is not None:
-            videos[item.id] = item.spec
-            continue
-        key = video_key(item.video) or f"item:{item.id}"  # a video without a key is checked for its item alone
-        if key not in errors:
-            try:
-                load_video(item.video, num_frames=1)
-                errors[key] = None
-            except (PeftHyperError, OSError) as exc:
-                errors[key] = f"{type(exc).__name__}: {exc}"
-        if errors[key] is None:
-            videos[item.id] = item.video
-        else:
-            excluded[item.id] = errors[key]
-    return videos, excluded
-
-
-def _video(source: Any, num_frames: int, size: int | None) -> Video:
-    if isinstance(source, str) and source.lstrip().startswith("{"):  # a synthetic-world spec
-        from ..synthetic import ClipSpec, render_clip
-
-        frames = render_clip(ClipSpec.from_json(source), num_frames=num_frames, size=size or 64)
-        return load_video(frames, num_frames=num_frames)
+def load_eval_video(source: Any, num_frames: int, size: int | None = None) -> Video:
+    """The default video loader: [`load_video`]`(source, num_frames=num_frames)`, resized (bilinear, antialiased) so
+    that its longest edge is `size` px when `size` is given."""
     video = load_video(source, num_frames=num_frames)
     if size is not None:
         height, width = video.frames.shape[-2:]
@@ -387,10 +388,70 @@ def _video(source: Any, num_frames: int, size: int | None) -> Video:
     return video
 
 
+def import_video_loader(name: str) -> VideoLoader:
+    """The callable `FUNCTION` of module `MODULE`, named `MODULE:FUNCTION` (`frames2lora eval --video-loader`).
+
+    Raises [`UsageError`] when the name is malformed, the module cannot be imported, or it has no such callable."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--video-loader takes MODULE:FUNCTION (e.g. {SPEC_VIDEO_LOADER}), got {name!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--video-loader {name}: cannot import module {module_name!r} ({exc}).") from exc
+    loader = getattr(module, attribute, None)
+    if not callable(loader):
+        raise UsageError(
+            f"--video-loader {name}: module {module_name!r} has no callable {attribute!r}; pass a function "
+            "(source, num_frames, size) -> peft_hyper.Video."
+        )
+    return loader
+
+
+def check_video_loader(items: Sequence[EvalItem], video_loader: VideoLoader | None) -> None:
+    """Refuse items with a synthetic-world `spec` when no `video_loader` is given: the default loader reads files, and
+    the runtime does not import the synthetic world to render specs behind the user's back."""
+    if video_loader is None and any(item.spec is not None for item in items):
+        raise UsageError(
+            "The evaluation data has a `spec` column (synthetic-world clips, rendered at any frame count); pass "
+            f"--video-loader {SPEC_VIDEO_LOADER} (in Python: video_loader=render_spec_video), or drop the column to "
+            "read the `video` files."
+        )
+
+
+def _load_videos(
+    items: Sequence[EvalItem], video_loader: VideoLoader = load_eval_video
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each item's video source (its `spec`, else its `video`), every distinct one read once at one frame; unreadable
+    ones are excluded from every condition (so pairs stay paired)."""
+    videos: dict[str, Any] = {}
+    excluded: dict[str, str] = {}
+    errors: dict[str, str | None] = {}  # video key → load error (None: readable)
+    for item in items:
+        if item.spec is not None:
+            source, key = item.spec, f"spec:{item.spec}"
+        else:  # a video without a key is checked for its item alone
+            source, key = item.video, video_key(item.video) or f"item:{item.id}"
+        if key not in errors:
+            try:
+                video_loader(source, 1, None)
+                errors[key] = None
+            except UsageError:  # the loader cannot read this kind of source at all: not one bad video
+                raise
+            except (PeftHyperError, OSError) as exc:
+                errors[key] = f"{type(exc).__name__}: {exc}"
+        if errors[key] is None:
+            videos[item.id] = source
+        else:
+            excluded[item.id] = errors[key]
+    return videos, excluded
+
+
 def _predict(
     model: Any,
     items: Sequence[EvalItem],
     videos: Mapping[str, Any],
+    video_loader: VideoLoader,
     condition: str,
     num_frames: int,
     size: int | None,
@@ -410,7 +471,7 @@ def _predict(
         batch = todo[start : start + batch_size]
         prompts = [item.prompt for item in batch]
         if condition == BASELINE:
-            clips = [_video(videos[item.id], num_frames, size) for item in batch]
+            clips = [video_loader(videos[item.id], num_frames, size) for item in batch]
             answers = tuner.answer(prompts, videos=clips, max_new_tokens=max_new_tokens)
         elif condition == "no_video":
             answers = tuner.answer(prompts, adapter_names="__base__", max_new_tokens=max_new_tokens)
@@ -422,7 +483,7 @@ def _predict(
                 # internalizing once), then a mixed batch with each question routed to its video's adapter.
                 sources = [videos[donor.get(item.id, item.id)] for item in batch]
                 unique = list(dict.fromkeys(sources))
-                clips = [_video(source, num_frames, size) for source in unique]
+                clips = [video_loader(source, num_frames, size) for source in unique]
                 slot = {source: f"eval{index:03d}" for index, source in enumerate(unique)}
                 for source, state_dict in zip(unique, tuner.generate_adapter(clips), strict=True):
                     tuner.load_generated_adapter(state_dict, slot[source], activate=False)

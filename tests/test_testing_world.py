@@ -1,4 +1,4 @@
-"""Tests for the synthetic video world (`peft_hyper.synthetic`)."""
+"""Tests for the synthetic video world (`peft_hyper.testing.world`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peft_hyper import synthetic as S
-from peft_hyper.synthetic import ClipSpec, ObjectSpec
+from peft_hyper.testing import world as S
+from peft_hyper.testing.world import ClipSpec, ObjectSpec
 
 SEEDS = range(300)
 
@@ -165,6 +165,17 @@ def test_mp4_roundtrip_keeps_colours(tmp_path):
                     nearest = names[int((reference_colours - mean).norm(dim=1).argmin())]
                     assert nearest == obj.colour, (seed, k, obj.colour, mean)
                     assert (mean - torch.tensor(S.COLOURS[obj.colour])).abs().max() < 30
+
+
+def test_render_spec_video_renders_a_spec_column_at_any_frame_count():
+    from peft_hyper.errors import UsageError
+
+    spec = _spec(3)
+    video = S.render_spec_video(spec.to_json(), 12, None)
+    assert torch.equal(video.frames, S.render_clip(spec, 12, 64)) and video.metadata.frames_indices == list(range(12))
+    assert torch.equal(S.render_spec_video(spec.to_json(), 5, 32).frames, S.render_clip(spec, 5, 32))
+    with pytest.raises(UsageError, match="renders synthetic-world specs"):
+        S.render_spec_video("clip.mp4", 12, None)
 
 
 def test_write_clip_rejects_odd_sizes(tmp_path):

@@ -12,11 +12,11 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Offline builders for SmolVLM(2) models, processors, tokenizers and test videos.
+Offline builders for SmolVLM(2) models, processors and tokenizers.
 
 Everything here is built locally (no Hub access): a byte-level BPE tokenizer trained with `tokenizers` on a small
-built-in corpus, a real `SmolVLMProcessor`, tiny randomly initialised `SmolVLMForConditionalGeneration` models, the
-configurations of the real SmolVLM2 checkpoints (for meta-device shape/parameter checks), and synthetic mp4 clips.
+built-in corpus, a real `SmolVLMProcessor`, tiny randomly initialised `SmolVLMForConditionalGeneration` models, and the
+configurations of the real SmolVLM2 checkpoints (for meta-device shape/parameter checks).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from transformers import (
     SmolVLMVideoProcessor,
 )
 from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
-from transformers.video_utils import VideoMetadata
 
 __all__ = [
     "SMOLVLM2_ARCHITECTURES",
@@ -45,13 +44,10 @@ __all__ = [
     "build_smolvlm_processor",
     "build_smolvlm_tokenizer",
     "build_tiny_smolvlm",
-    "make_test_frames",
-    "make_video_metadata",
     "save_tiny_smolvlm",
     "smolvlm2_config",
     "smolvlm2_processor",
     "tiny_smolvlm_config",
-    "write_test_video",
 ]
 
 # The SmolVLM2 chat template (the one `SmolVLMProcessor` falls back to for videos): renders `{"type": "video"}` as
@@ -505,88 +501,4 @@ def smolvlm2_processor(
         num_frames=num_frames,
         fps=fps,
         do_image_splitting=True,
-    )
-
-
-def make_test_frames(
-    num_frames: int = 24,
-    height: int = 64,
-    width: int = 64,
-    seed: int = 0,
-    pattern: Literal["moving_square", "static_square"] = "moving_square",
-) -> torch.Tensor:
-    """
-    Synthetic frames: a coloured square on a coloured background, both drawn from `seed`.
-
-    For `"moving_square"` the square moves linearly from one side of the frame to the other (direction and start
-    drawn from `seed`); for `"static_square"` it stays put. Background channels are drawn from [0, 80) and the
-    square's from [150, 256), so the square always stands out.
-
-    Returns:
-        `torch.Tensor` of shape `(num_frames, 3, height, width)` and dtype `uint8`.
-    """
-    if pattern not in ("moving_square", "static_square"):
-        raise ValueError(f"Unknown pattern {pattern!r}.")
-    generator = torch.Generator().manual_seed(seed)
-    background = torch.randint(0, 80, (3,), generator=generator, dtype=torch.uint8)
-    color = torch.randint(150, 256, (3,), generator=generator, dtype=torch.uint8)
-    side = max(2, min(height, width) // 4)
-    direction = int(torch.randint(0, 4, (1,), generator=generator))  # 0: right, 1: left, 2: down, 3: up
-    fixed = int(torch.randint(0, max(1, min(height, width) - side), (1,), generator=generator))
-
-    frames = background.view(1, 3, 1, 1).expand(num_frames, 3, height, width).clone()
-    for t in range(num_frames):
-        progress = t / max(1, num_frames - 1) if pattern == "moving_square" else 0.5
-        if direction in (0, 1):
-            span = width - side
-            x = round(progress * span) if direction == 0 else round((1 - progress) * span)
-            y = min(fixed, height - side)
-        else:
-            span = height - side
-            y = round(progress * span) if direction == 2 else round((1 - progress) * span)
-            x = min(fixed, width - side)
-        frames[t, :, y : y + side, x : x + side] = color.view(3, 1, 1)
-    return frames
-
-
-def write_test_video(
-    path: str | Path,
-    num_frames: int = 24,
-    fps: float = 8,
-    height: int = 64,
-    width: int = 64,
-    seed: int = 0,
-    pattern: Literal["moving_square", "static_square"] = "moving_square",
-) -> Path:
-    """
-    Write `make_test_frames(num_frames, height, width, seed, pattern)` as an H.264/yuv420p mp4 at `fps`.
-
-    `height` and `width` must be even (yuv420p chroma subsampling).
-    """
-    from torchcodec.encoders import VideoEncoder
-
-    if height % 2 or width % 2:
-        raise ValueError(f"`height` and `width` must be even, got {height}x{width}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = make_test_frames(num_frames=num_frames, height=height, width=width, seed=seed, pattern=pattern)
-    VideoEncoder(frames, frame_rate=fps).to_file(path, pixel_format="yuv420p")
-    return path
-
-
-def make_video_metadata(num_frames: int, fps: float, height: int, width: int) -> VideoMetadata:
-    """
-    `VideoMetadata` for `num_frames` already-decoded frames sampled at `fps` (frame `i` is at `i / fps` seconds).
-
-    Pass it as `video_metadata` together with `do_sample_frames=False` so the processor keeps every frame and prints
-    the right timestamps.
-    """
-    return VideoMetadata(
-        total_num_frames=num_frames,
-        fps=fps,
-        width=width,
-        height=height,
-        duration=num_frames / fps,
-        video_backend="torchcodec",
-        frames_indices=list(range(num_frames)),
     )

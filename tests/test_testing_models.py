@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Tests of the offline SmolVLM builders in `peft_hyper.testing_utils`."""
+"""Tests of the offline SmolVLM builders in `peft_hyper.testing.models`."""
 
 import os
 import subprocess
@@ -22,19 +22,18 @@ import pytest
 import torch
 from transformers import SmolVLMForConditionalGeneration, SmolVLMProcessor
 
-from peft_hyper.testing_utils import (
+from peft_hyper.testing.models import (
     SMOLVLM2_ARCHITECTURES,
     SMOLVLM_SPECIAL_TOKENS,
     build_smolvlm_processor,
     build_smolvlm_tokenizer,
     build_tiny_smolvlm,
-    make_test_frames,
-    make_video_metadata,
     save_tiny_smolvlm,
     smolvlm2_config,
     smolvlm2_processor,
-    write_test_video,
 )
+from peft_hyper.testing.videos import make_test_frames, write_video
+from peft_hyper.video import load_video
 
 NUM_FRAMES = 6
 IMAGE_SEQ_LEN = 16  # (32 // 4) ** 2 // 2 ** 2
@@ -51,7 +50,7 @@ def video_conversation(video) -> list[dict]:
 
 def process_frames(processor: SmolVLMProcessor, frames: torch.Tensor, fps: float = 1.0):
     """Process pre-decoded frames `(T, 3, H, W)` without re-sampling them."""
-    metadata = make_video_metadata(frames.shape[0], fps, frames.shape[-2], frames.shape[-1])
+    metadata = load_video(frames, num_frames=frames.shape[0], source_fps=fps).metadata
     return processor.apply_chat_template(
         video_conversation(frames),
         add_generation_prompt=True,
@@ -122,7 +121,7 @@ def test_processor_video_tokens(tiny, video_inputs):
 def test_processor_resamples_without_do_sample_frames_false(tiny):
     _, processor = tiny
     frames = make_test_frames(20, 32, 32, seed=0)
-    metadata = make_video_metadata(20, 2.0, 32, 32)  # 10 s at 2 fps, sampled at the processor's 1 fps
+    metadata = load_video(frames, num_frames=20, source_fps=2.0).metadata  # 10 s at 2 fps, sampled at 1 fps
     inputs = processor.apply_chat_template(
         video_conversation(frames),
         tokenize=True,
@@ -167,7 +166,8 @@ def test_save_load_offline(tmp_path, tiny, video_inputs):
         f"""
         import torch
         from transformers import AutoProcessor, SmolVLMForConditionalGeneration
-        from peft_hyper.testing_utils import make_test_frames, make_video_metadata
+        from peft_hyper.testing.videos import make_test_frames
+        from peft_hyper.video import load_video
 
         processor = AutoProcessor.from_pretrained({str(tmp_path)!r})
         model = SmolVLMForConditionalGeneration.from_pretrained({str(tmp_path)!r}).eval()
@@ -176,12 +176,12 @@ def test_save_load_offline(tmp_path, tiny, video_inputs):
         assert processor.video_processor.max_image_size == {{"longest_edge": 32}}
         assert processor.video_processor.num_frames == 12 and processor.video_processor.fps == 1.0
         frames = make_test_frames({NUM_FRAMES}, 48, 64, seed=3)
+        metadata = load_video(frames, num_frames={NUM_FRAMES}, source_fps=1.0).metadata
         inputs = processor.apply_chat_template(
             [{{"role": "user", "content": [{{"type": "video", "video": frames}},
                                           {{"type": "text", "text": "Describe the video."}}]}}],
             add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            processor_kwargs={{"video_metadata": [make_video_metadata({NUM_FRAMES}, 1.0, 48, 64)],
-                              "do_sample_frames": False}},
+            processor_kwargs={{"video_metadata": [metadata], "do_sample_frames": False}},
         )
         with torch.no_grad():
             logits = model(**inputs).logits
@@ -198,36 +198,13 @@ def test_save_load_offline(tmp_path, tiny, video_inputs):
     assert torch.equal(reloaded["logits"], logits)
 
 
-def test_write_test_video(tmp_path, tiny):
-    from torchcodec.decoders import VideoDecoder
-
-    path = write_test_video(tmp_path / "clip.mp4", num_frames=24, fps=8, height=48, width=64, seed=0)
-    decoder = VideoDecoder(str(path), seek_mode="exact")
-    assert decoder.metadata.num_frames == 24
-    assert (decoder.metadata.height, decoder.metadata.width) == (48, 64)
-    decoded = decoder.get_frames_in_range(0, 24).data
-    assert decoded.shape == (24, 3, 48, 64) and decoded.dtype == torch.uint8
-    expected = make_test_frames(24, 48, 64, seed=0)
-    assert (decoded.float() - expected.float()).abs().mean() < 8  # lossy codec
-
-    # The processor decodes the file itself and samples at its own fps (1 fps over 3 s -> 3 frames).
+def test_processor_samples_an_mp4_at_its_own_fps(tmp_path, tiny):
+    path = write_video(make_test_frames(24, 48, 64, seed=0), tmp_path / "clip.mp4", fps=8)
     _, processor = tiny
     inputs = processor.apply_chat_template(
         video_conversation(str(path)), tokenize=True, return_dict=True, return_tensors="pt"
     )
-    assert inputs["pixel_values"].shape == (1, 3, 3, 32, 32)
-
-
-def test_test_frames_vary_with_seed():
-    frames = make_test_frames(8, 32, 32, seed=0)
-    assert frames.shape == (8, 3, 32, 32) and frames.dtype == torch.uint8
-    assert torch.equal(frames, make_test_frames(8, 32, 32, seed=0))
-    assert not torch.equal(frames[0], frames[-1])  # the square moves
-    assert (frames.float() - make_test_frames(8, 32, 32, seed=1).float()).abs().mean() > 10
-    static = make_test_frames(8, 32, 32, seed=0, pattern="static_square")
-    assert torch.equal(static[0], static[-1])
-    with pytest.raises(ValueError):
-        write_test_video("odd.mp4", height=33)
+    assert inputs["pixel_values"].shape == (1, 3, 3, 32, 32)  # 1 fps over 3 s
 
 
 @pytest.mark.parametrize("name", ["256M", "500M", "2.2B"])

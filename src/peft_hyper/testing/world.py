@@ -3,7 +3,9 @@
 A clip is a handful of large, flat-coloured shapes on a dark background that appear, move and disappear in continuous,
 normalised clip time ``t in [0, 1]``. A clip is fully described by a JSON-serialisable [`ClipSpec`] sampled from a seed,
 so the *same events* can be rendered at any frame count and resolution ([`render_clip`], [`write_clip`]), and exact
-ground truth is available for captioning ([`caption`]) and question answering ([`questions`]).
+ground truth is available for captioning ([`caption`]) and question answering ([`questions`]). [`render_spec_video`]
+is the video loader that lets `frames2lora eval` render a dataset's ``spec`` column
+(``--video-loader peft_hyper.testing.world:render_spec_video``).
 
 Design choices follow facts measured when training tiny SmolVLM models from scratch (`docs/embedded_default.md`): objects
 cover 28-42% of the frame side, moving objects cross most of the frame while visible, colours are saturated and the
@@ -21,6 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from ..errors import UsageError
+from ..video import Video, load_video
+from .videos import write_video
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict, Features
@@ -45,6 +51,7 @@ __all__ = [
     "object_tracks",
     "questions",
     "render_clip",
+    "render_spec_video",
     "sample_spec",
     "to_jsonl_manifest",
     "write_clip",
@@ -366,21 +373,31 @@ def write_clip(
     fps: float = 1.0,
     crf: int | None = 12,
 ) -> Path:
-    """Render ``spec`` and encode it as an H.264 / yuv420p mp4 with torchcodec. Height and width must be even.
+    """Render ``spec`` and encode it as an H.264 / yuv420p mp4 ([`write_video`]). Height and width must be even.
 
     The default ``fps=1`` makes a 12-frame clip 12 seconds long, so a SmolVLM2 video processor sampling at its default
     1 fps still sees every frame. A low ``crf`` keeps the flat colours close to the palette.
     """
-    from torchcodec.encoders import VideoEncoder
+    return write_video(render_clip(spec, num_frames, size), path, fps=fps, crf=crf)
 
-    height, width = _hw(size)
-    if height % 2 or width % 2:
-        raise ValueError(f"height and width must be even for yuv420p, got {(height, width)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = render_clip(spec, num_frames, (height, width))
-    VideoEncoder(frames, frame_rate=float(fps)).to_file(path, codec="libx264", pixel_format="yuv420p", crf=crf)
-    return path
+
+def render_spec_video(source: str, num_frames: int, size: int | None) -> Video:
+    """The evaluation video loader of the synthetic world: the clip of ``source`` (a ``spec`` as JSON, the column
+    [`make_dataset`] writes) rendered at ``num_frames`` frames, ``size`` px square (64 when ``None``).
+
+    Rendering from the spec, rather than decoding an mp4, gives the same events at any frame count. Pass it to
+    ``evaluate_adapters(..., video_loader=render_spec_video)`` or as
+    ``frames2lora eval --video-loader peft_hyper.testing.world:render_spec_video``.
+    """
+    try:
+        spec = ClipSpec.from_json(source)
+    except (ValueError, KeyError, TypeError) as exc:  # a video path, or JSON that is not a spec
+        raise UsageError(
+            f"render_spec_video renders synthetic-world specs (a `spec` column); {str(source)[:80]!r} is not one "
+            f"({type(exc).__name__}: {exc}). Drop --video-loader to read video files."
+        ) from exc
+    frames = render_clip(spec, num_frames=num_frames, size=size or 64)
+    return load_video(frames, num_frames=num_frames)
 
 
 # --------------------------------------------------------------------------------------------------------------------
