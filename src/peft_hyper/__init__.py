@@ -7,6 +7,7 @@ and `AutoPeftModel.from_pretrained` handle `HyperLoraConfig` checkpoints.
 from peft.utils import register_peft_method
 
 from .config import HyperLoraConfig
+from .convert_reference import convert_reference_checkpoint
 from .data import VideoTextCollator, load_manifest, validate_dataset
 from .errors import (
     DatasetValidationError,
@@ -23,6 +24,9 @@ from .errors import (
     NonFiniteAdapterError,
     OutputPathError,
     PeftHyperError,
+    ReferenceCheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedReferenceOptionError,
     VideoDecodeError,
     VideoNotFoundError,
 )
@@ -52,11 +56,15 @@ __all__ = [
     "NonFiniteAdapterError",
     "OutputPathError",
     "PeftHyperError",
+    "ReferenceCheckpointError",
+    "UnsafeCheckpointError",
+    "UnsupportedReferenceOptionError",
     "Video",
     "VideoDecodeError",
     "VideoNotFoundError",
     "VideoTextCollator",
     "cache_teacher_targets",
+    "convert_reference_checkpoint",
     "load_manifest",
     "load_video",
     "validate_dataset",

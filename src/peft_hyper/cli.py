@@ -5,6 +5,7 @@ frames2lora ask VIDEO "question" ... [--compare] [--json]
 frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the video is not touched
 frames2lora internalize VIDEO -o DIR
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
+frames2lora convert FILE.pt [--base ID_OR_DIR] -o DIR  # a reference Frames2LoRA checkpoint → a peft-hyper directory
 """
 
 from __future__ import annotations
@@ -318,6 +319,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert_reference import convert_reference_checkpoint
+
+    _check_output_dir(args.output, "-o/--output")
+    start = time.perf_counter()
+    convert_reference_checkpoint(args.checkpoint, args.base, args.output)
+    print(f"wrote a Frames2LoRA checkpoint to {args.output} ({time.perf_counter() - start:.2f}s)")
+    return 0
+
+
 # argparse `type=` checks: a bad value exits with status 2 and the usage line before any model is loaded.
 def _count(text: str) -> int:
     """A whole number >= 1 (frames, tokens, items, batch size)."""
@@ -431,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", required=True, help="report directory (also caches predictions)")
     evaluate.set_defaults(func=cmd_eval)
+
+    convert = sub.add_parser("convert", help="convert a reference Frames2LoRA .pt checkpoint (read safely)")
+    convert.add_argument("checkpoint", help="e.g. frames2lora-smolvlm2-2.2b-best-ce.pt")
+    convert.add_argument("--base", default=None, help="base model Hub id or directory (default: the one in the file)")
+    convert.add_argument("-o", "--output", required=True, help="checkpoint directory (replaced if it exists)")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -1,7 +1,9 @@
 """Model cards of Frames2LoRA checkpoints, rendered from `templates/model_card.md` with `huggingface_hub.ModelCard`.
 
 `HyperLoraConfig.save_pretrained` writes one beside every saved hypernetwork; `HyperLoraTrainer` renders it with the
-training run's data, hyperparameters and metrics for `push_to_hub`.
+training run's data, hyperparameters and metrics for `push_to_hub`. Checkpoints converted from the reference's released
+files (`convert_reference.py`) get `templates/converted_model_card.md` instead: source file and sha256, licence, credit
+and how they were converted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from .saving import atomic_write_text, final_path
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+CONVERTED_TEMPLATE = Path(__file__).parent / "templates" / "converted_model_card.md"
 TAGS = ("frames2lora", "video-text-to-text")
 PIPELINE_TAG = "video-text-to-text"
 # Lines of a card body that PEFT's `PeftModel.create_or_update_model_card` writes on its own (and blank ones).
@@ -72,6 +75,47 @@ def render_model_card(
         objective=objective,
         hyperparameters=dict(hyperparameters or {}),
         metrics=dict(metrics or {}),
+        versions=framework_versions(),
+    )
+
+
+def render_converted_model_card(
+    config: Any,
+    repo_id: str,
+    source_file: str,
+    source_sha256: str,
+    stored_base: str | None,
+    options: Mapping[str, Any],
+    num_parameters: int,
+) -> Any:
+    """The `ModelCard` of a checkpoint converted from a reference Frames2LoRA `.pt` file (MIT, as the reference)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base_model = config.base_model_name_or_path or "unknown"
+    card_data = ModelCardData(
+        library_name="peft",
+        base_model=stored_base or base_model,
+        license="mit",
+        tags=[*TAGS, "frames2lora-reference"],
+        pipeline_tag=PIPELINE_TAG,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(CONVERTED_TEMPLATE),
+        model_name=repo_id.rstrip("/").split("/")[-1],
+        base_model=base_model,
+        repo_id=repo_id,
+        total_rank=config.total_rank,
+        target_modules=config.target_modules,
+        num_frames=config.num_frames,
+        fps=config.fps,
+        video_size=config.video_size,
+        prompt=config.internalize_prompt,
+        source_file=source_file,
+        source_sha256=source_sha256,
+        stored_base=stored_base or "not recorded",
+        options=dict(options),
+        num_parameters=f"{num_parameters:,}",
         versions=framework_versions(),
     )
 
