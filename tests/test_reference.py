@@ -454,6 +454,10 @@ def test_model_card_records_source_licence_and_conversion(reference_classes, tin
     assert "frames2lora-smolvlm2-tiny-best-ce.pt" in card and sha256_of_file(source) in card
     assert "Manan Suri" in card and "Sakana AI" in card and "weights_only=True" in card
     assert "frames2lora convert frames2lora-smolvlm2-tiny-best-ce.pt" in card
+    from peft import AutoPeftModel
+
+    AutoPeftModel.from_pretrained(str(output)).save_pretrained(str(tmp_path / "resaved"))  # what push_to_hub uploads
+    assert (tmp_path / "resaved" / "README.md").read_text() == card
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------------

@@ -192,8 +192,6 @@ def ask(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Internalize `source` (a video, or a dir written by `frames2lora internalize`) and answer `questions`
     adapter-only; with `compare`, also with the video in context and with no video. Returns (timings, rows)."""
-    from .video import load_video
-
     tuner = model.base_model
     source = Path(source)
     timings: dict[str, float] = {}
@@ -206,7 +204,7 @@ def ask(
         video = None
     else:
         start = time.perf_counter()
-        video = load_video(source, num_frames=frames if frames is not None else tuner.hyper_config.num_frames)
+        video = tuner.load_videos(str(source), num_frames=frames)[0][0]  # sampled as the checkpoint reads videos
         tuner.internalize(video, adapter_name="video")
         timings["internalize_s"] = time.perf_counter() - start
 

@@ -17,6 +17,7 @@ from .saving import atomic_write_text, final_path
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 CONVERTED_TEMPLATE = Path(__file__).parent / "templates" / "converted_model_card.md"
+CONVERTED_TAG = "frames2lora-reference"  # the tag of cards of converted reference checkpoints
 TAGS = ("frames2lora", "video-text-to-text")
 PIPELINE_TAG = "video-text-to-text"
 # Lines of a card body that PEFT's `PeftModel.create_or_update_model_card` writes on its own (and blank ones).
@@ -96,7 +97,7 @@ def render_converted_model_card(
         library_name="peft",
         base_model=stored_base or base_model,
         license="mit",
-        tags=[*TAGS, "frames2lora-reference"],
+        tags=[*TAGS, CONVERTED_TAG],
         pipeline_tag=PIPELINE_TAG,
     )
     return ModelCard.from_template(
@@ -133,6 +134,16 @@ def is_placeholder_card(text: str) -> bool:
     return "[More Information Needed]" in text and "frames2lora" not in text
 
 
+def converted_card_of_source(config: Any) -> str | None:
+    """The card of the directory `config` was loaded from, if that is a converted reference checkpoint's card."""
+    source = getattr(config, "_source_path", None)
+    card = Path(source) / "README.md" if source else None
+    if card is None or not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8")
+    return text if CONVERTED_TAG in text else None
+
+
 def write_default_model_card(save_directory: str | Path, config: Any) -> None:
     """Write the Frames2LoRA card to `save_directory/README.md` (atomically), replacing a placeholder
     ([`is_placeholder_card`]) but never a card someone wrote (or a Frames2LoRA card already there, e.g. the
@@ -140,6 +151,12 @@ def write_default_model_card(save_directory: str | Path, config: Any) -> None:
     of `peft_hyper.saving`."""
     path = Path(save_directory) / "README.md"
     if path.is_file() and not is_placeholder_card(path.read_text(encoding="utf-8")):
+        return
+    converted = converted_card_of_source(config)
+    if (
+        converted is not None
+    ):  # a converted reference checkpoint keeps its card (source, sha256, licence) when re-saved
+        atomic_write_text(path, converted)
         return
     card = render_model_card(config, repo_id=final_path(save_directory).resolve().name)
     atomic_write_text(path, str(card))
