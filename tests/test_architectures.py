@@ -45,3 +45,37 @@ def test_hypernetwork_shapes_on_real_architectures(name):
     assert n_params == expected_hypernetwork_params(hidden, layers, intermediate)
     lora = model.base_model.lora_config
     assert lora.r == lora.lora_alpha == 32
+
+
+# Parameter counts of the reference's released hypernetworks (the `.pt` files' 140 tensors), in millions.
+REFERENCE_PARAMS_M = {"500M": 128.63, "2.2B": 227.32}
+
+
+def expected_reference_params(hidden: int, layers: int, d_in: int, latent: int = 512, rank: int = 16) -> int:
+    """Parameter count of the reference hypernetwork (`architecture="frames2lora"`), written out from its key table."""
+    context = 2 * (4 * hidden * hidden) + latent * 4 * hidden  # SwiGLU h → 4h → d
+    attention = 2048 * latent + 2 * 512 * latent + latent * 2048  # 16 x 128 query heads, 4 x 128 key/value heads
+    layer = 5 * latent + attention + 3 * 2048 * latent  # five RMSNorms, attention, SwiGLU d → 4d → d
+    encoder = 8 * latent + 9 * layer + latent
+    decoder = rank * latent + layer + latent
+    pre_head = 2 * 2 * latent + (latent * 4 * latent + 4 * latent) + (4 * latent * latent + latent)
+    head = layers * latent * (d_in + hidden)
+    per_layer_rank = layers * rank * (d_in + hidden) + 2 * layers * rank  # bias block, scales
+    return context + encoder + decoder + pre_head + head + per_layer_rank
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS_M))
+def test_reference_architecture_has_the_reference_parameter_count(name):
+    hidden, layers, intermediate = ARCHITECTURES[name]
+    with torch.device("meta"):
+        vlm = SmolVLMForConditionalGeneration(smolvlm2_config(name))
+    model = get_peft_model(vlm, HyperLoraConfig(architecture="frames2lora"))
+    hypernetwork = model.base_model.hypernetwork
+    assert hypernetwork.head.shape == (layers, 1, 512, intermediate + hidden)
+    assert hypernetwork.bias_a["mlp__down_proj"].shape == (layers, 16, intermediate)
+    n_params = sum(p.numel() for p in hypernetwork.parameters())
+    print(f"{name}: reference hypernetwork {n_params:,} params")
+    assert n_params == expected_reference_params(hidden, layers, intermediate)
+    assert round(n_params / 1e6, 2) == REFERENCE_PARAMS_M[name]
+    lora = model.base_model.lora_config
+    assert lora.r == lora.lora_alpha == 32

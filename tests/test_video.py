@@ -25,7 +25,13 @@ from peft_hyper import (
 from peft_hyper.errors import InvalidSamplingError
 from peft_hyper.testing.models import build_smolvlm_processor
 from peft_hyper.testing.videos import make_test_frames, write_video
-from peft_hyper.video import TimedVideoMetadata, sample_frame_indices, sample_frames_by_time
+from peft_hyper.video import (
+    TimedVideoMetadata,
+    reference_frame_indices,
+    sample_frame_indices,
+    sample_frames_by_time,
+    sample_frames_reference,
+)
 
 
 def test_path_bytes_and_file_object_decode_identically(clips):
@@ -374,3 +380,59 @@ def test_no_uint8_frame_normalises_to_a_smolvlm_padding_frame(processor):
         pixel_values = inputs["pixel_values"][0]
         assert not (pixel_values == 0).flatten(1).all(dim=1).any()
         assert pixel_values.abs().min().item() == pytest.approx(1 / 255)
+
+
+# --- the reference's sampling rule ----------------------------------------------------------------------------------
+
+
+def test_reference_rule_is_smolvlms_video_processor_rule_at_a_constant_rate():
+    """Index for index what `SmolVLMVideoProcessor.sample_frames` gives (the reference trained with it), both as an
+    index rule and by presentation time, on clips from 1 frame to 5 minutes, short and long, at common rates."""
+    from transformers import SmolVLMVideoProcessor
+
+    sampler = SmolVLMVideoProcessor()
+    for rate in (1.0, 7.5, 23.976, 25.0, 29.97, 60.0):
+        for total in [*range(1, 40), 70, 119, 120, 121, 420, 421, 422, 899, 4001, 18000]:
+            for num_frames, fps in ((12, 1.0), (4, 1.0), (12, 2.0), (8, 0.5)):
+                metadata = VideoMetadata(total_num_frames=total, fps=rate, duration=total / rate)
+                expected = sampler.sample_frames(metadata, num_frames=num_frames, fps=fps).tolist()
+                assert reference_frame_indices(total, rate, num_frames, fps) == expected
+                pts = np.arange(total) / rate
+                assert sample_frames_reference(pts, total / rate, num_frames, fps) == expected, (rate, total)
+
+
+def test_reference_rule_examples():
+    # 20 s at 10 fps: longer than 14 s, so seconds 0-1 and 19-20 are skipped; 12 frames from 10 to 190, both ends
+    assert reference_frame_indices(200, 10.0) == [10, 26, 42, 59, 75, 91, 108, 124, 140, 157, 173, 190]
+    # 10 s: 10 frames at 1 fps from the first frame to the last, nothing skipped
+    assert reference_frame_indices(100, 10.0) == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+    # exactly 14 s is not longer than 2 + 12: nothing skipped
+    assert reference_frame_indices(140, 10.0)[0] == 0 and reference_frame_indices(141, 10.0)[0] == 10
+    assert reference_frame_indices(3, 30.0) == [0]  # 0.1 s: one frame
+    with pytest.raises(EmptyVideoError):
+        sample_frames_reference([], 0.0)
+
+
+def test_load_video_samples_a_long_file_by_the_reference_rule(tmp_path):
+    path = write_video(make_test_frames(64, 16, 16), tmp_path / "long.mp4", fps=4)  # 16 s
+    video = load_video(path, num_frames=12, sampling="reference")  # fps: 1 (the reference's) when not given
+    assert (
+        video.metadata.frames_indices
+        == reference_frame_indices(64, 4.0)
+        == [4, 9, 14, 19, 24, 29, 34, 39, 44, 49, 54, 60]
+    )
+    assert video.metadata.timestamps == pytest.approx([index / 4 for index in video.metadata.frames_indices])
+    frames = make_test_frames(num_frames=64, height=16, width=16)
+    from_tensor = load_video(frames, num_frames=12, source_fps=4.0, sampling="reference")
+    assert from_tensor.metadata.frames_indices == video.metadata.frames_indices
+    with pytest.raises(InvalidSamplingError, match="sampling must be one of"):
+        load_video(path, sampling="smart")
+
+
+def test_reference_rule_on_a_variable_frame_rate_video_is_by_presentation_time(vfr_clip):
+    video = load_video(vfr_clip, num_frames=12, sampling="reference")
+    # 4 s: round(4 x 1 fps) = 4 frames, nothing skipped, times linspace(0, 3.5) = 0, 1.17, 2.33, 3.5 s
+    assert _frame_numbers(video) == video.metadata.frames_indices == [0, 30, 32, 35]
+    assert video.metadata.timestamps == pytest.approx([0.0, 1.0, 2.0, 3.5])
+    by_index = reference_frame_indices(len(VFR_PTS), len(VFR_PTS) / 4.0)  # the literal rule at the average rate
+    assert by_index == [0, 11, 23, 35]  # three of four frames from the first second

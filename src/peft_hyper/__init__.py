@@ -8,6 +8,7 @@ from peft.utils import register_peft_method
 
 from .composition import compose_adapters
 from .config import HyperLoraConfig
+from .convert_reference import convert_reference_checkpoint
 from .data import VideoTextCollator, load_manifest, validate_dataset
 from .errors import (
     DatasetValidationError,
@@ -24,6 +25,9 @@ from .errors import (
     NonFiniteAdapterError,
     OutputPathError,
     PeftHyperError,
+    ReferenceCheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedReferenceOptionError,
     VideoDecodeError,
     VideoNotFoundError,
 )
@@ -53,12 +57,16 @@ __all__ = [
     "NonFiniteAdapterError",
     "OutputPathError",
     "PeftHyperError",
+    "ReferenceCheckpointError",
+    "UnsafeCheckpointError",
+    "UnsupportedReferenceOptionError",
     "Video",
     "VideoDecodeError",
     "VideoNotFoundError",
     "VideoTextCollator",
     "cache_teacher_targets",
     "compose_adapters",
+    "convert_reference_checkpoint",
     "load_manifest",
     "load_video",
     "split_video",

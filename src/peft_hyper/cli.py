@@ -6,6 +6,7 @@ frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the vid
 frames2lora internalize VIDEO -o DIR
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
                  [--video-loader MODULE:FUNCTION]      # e.g. peft_hyper.testing.world:render_spec_video
+frames2lora convert FILE.pt [--base ID_OR_DIR] -o DIR  # a reference Frames2LoRA checkpoint → a peft-hyper directory
 """
 
 from __future__ import annotations
@@ -192,8 +193,6 @@ def ask(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Internalize `source` (a video, or a dir written by `frames2lora internalize`) and answer `questions`
     adapter-only; with `compare`, also with the video in context and with no video. Returns (timings, rows)."""
-    from .video import load_video
-
     tuner = model.base_model
     source = Path(source)
     timings: dict[str, float] = {}
@@ -206,7 +205,7 @@ def ask(
         video = None
     else:
         start = time.perf_counter()
-        video = load_video(source, num_frames=frames if frames is not None else tuner.hyper_config.num_frames)
+        video = tuner.load_videos(str(source), num_frames=frames)[0][0]  # sampled as the checkpoint reads videos
         tuner.internalize(video, adapter_name="video")
         timings["internalize_s"] = time.perf_counter() - start
 
@@ -326,6 +325,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(run.report.markdown.read_text(encoding="utf-8"))
     if run.excluded:
         print(f"{len(run.excluded)} item(s) excluded (unreadable video); see {run.report.json}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert_reference import convert_reference_checkpoint
+
+    _check_output_dir(args.output, "-o/--output")
+    start = time.perf_counter()
+    convert_reference_checkpoint(args.checkpoint, args.base, args.output)
+    print(f"wrote a Frames2LoRA checkpoint to {args.output} ({time.perf_counter() - start:.2f}s)")
     return 0
 
 
@@ -457,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the file); peft_hyper.testing.world:render_spec_video renders a synthetic-world `spec` column",
     )
     evaluate.set_defaults(func=cmd_eval)
+
+    convert = sub.add_parser("convert", help="convert a reference Frames2LoRA .pt checkpoint (read safely)")
+    convert.add_argument("checkpoint", help="e.g. frames2lora-smolvlm2-2.2b-best-ce.pt")
+    convert.add_argument("--base", default=None, help="base model Hub id or directory (default: the one in the file)")
+    convert.add_argument("-o", "--output", required=True, help="checkpoint directory (replaced if it exists)")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

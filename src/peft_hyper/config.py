@@ -10,9 +10,25 @@ from typing import Any
 from peft.config import PeftConfig
 
 from .registration import PEFT_TYPE_HYPERLORA
+from .video import FRAME_SAMPLING, REFERENCE_FPS
 
 DEFAULT_TARGET_MODULES = r".*text_model\.layers\.\d+\.mlp\.down_proj"
 DEFAULT_INTERNALIZE_PROMPT = "Internalize this video for later captioning."
+
+ARCHITECTURES = ("peft-hyper", "frames2lora")
+# The defaults each architecture gives the fields left at `None` (the other fields default alike for both).
+ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "peft-hyper": {"num_heads": 8, "head_dim": 64, "position_encoding": True, "frame_sampling": "uniform"},
+    "frames2lora": {
+        "num_heads": 16,
+        "head_dim": 128,
+        "num_key_value_heads": 4,
+        "position_encoding": False,
+        "frame_sampling": "reference",
+    },
+}
+REFERENCE_VIDEO_SIZE = 384
+"""The longest edge the reference resizes frames to; the default `video_size` of `frame_sampling="reference"`."""
 
 
 PACKAGE_PATH_PREFIX = "peft_hyper://"
@@ -32,9 +48,27 @@ class HyperLoraConfig(PeftConfig):
     Configuration of a [`HyperLoraModel`]: a perceiver hypernetwork that reads a frozen SmolVLM's text-decoder hidden
     states over a video and emits a LoRA adapter for that same decoder in one forward pass (Frames2LoRA).
 
-    Defaults follow the reference implementation (rank 16 on the text decoder's `down_proj`, latent size 512, 8 latent
-    queries, 9 cross-attention blocks, 12 frames at 384px), except where `docs/design.md` says otherwise.
+    Two architectures (`architecture`): `"peft-hyper"` (default), this package's own perceiver and heads, and
+    `"frames2lora"`, the reference implementation's hypernetwork layer for layer (`reference_hypernetwork.py`; the
+    released reference checkpoints convert to it with `peft_hyper.convert_reference_checkpoint`). Both share rank 16 on
+    the text decoder's `down_proj`, latent size 512, 8 latent queries, 9 cross-attention blocks and 12 frames; fields
+    left at `None` take the chosen architecture's defaults (`ARCHITECTURE_DEFAULTS`). `docs/design.md` lists where the
+    two differ, and why.
     """
+
+    architecture: str = field(
+        default="peft-hyper",
+        metadata={
+            "help": (
+                "The hypernetwork: 'peft-hyper' (context RMSNorm + linear projection with a position signal and a layer "
+                "embedding, LayerNorm/GELU perceiver blocks, a rank mixer and biased head per target kind) or "
+                "'frames2lora' (the reference's: SwiGLU context projection, Idefics2-style perceiver layers with "
+                "grouped-query attention over [context; latents], a one-layer decoder making the rank slots of all "
+                "target kinds, a residual MLP, per-layer heads without bias, scales per layer and rank, and the "
+                "reference's LoRA alpha 2·r^1.5 folded into the exported adapters)."
+            )
+        },
+    )
 
     r: int = field(default=16, metadata={"help": "Rank of the video-dependent part of each generated LoRA adapter."})
     target_modules: str | list[str] = field(
@@ -61,20 +95,39 @@ class HyperLoraConfig(PeftConfig):
     latent_dim: int = field(default=512, metadata={"help": "Width of the perceiver latents."})
     num_latents: int = field(default=8, metadata={"help": "Number of learned latent queries of the perceiver."})
     num_blocks: int = field(default=9, metadata={"help": "Number of perceiver cross-attention blocks."})
-    num_heads: int = field(default=8, metadata={"help": "Attention heads in each perceiver block."})
-    head_dim: int = field(default=64, metadata={"help": "Width of each perceiver attention head."})
+    num_heads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Attention (query) heads in each perceiver block; `None`: 8 ('peft-hyper'), 16 ('frames2lora')."
+        },
+    )
+    head_dim: int | None = field(
+        default=None,
+        metadata={"help": "Width of each perceiver attention head; `None`: 64 ('peft-hyper'), 128 ('frames2lora')."},
+    )
+    num_key_value_heads: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Key/value heads of the perceiver attention (grouped-query attention, 'frames2lora' only; it must "
+                "divide `num_heads`). `None`: 4 ('frames2lora'), `num_heads` ('peft-hyper', which has no other)."
+            )
+        },
+    )
     ff_mult: int = field(default=4, metadata={"help": "Hidden width of the perceiver feed-forward, in `latent_dim`s."})
     latent_self_attention: bool = field(
         default=False,
-        metadata={"help": "Add a latent self-attention layer to every block (the reference has none)."},
+        metadata={
+            "help": "Add a latent self-attention layer to every block ('peft-hyper' only; the reference has none)."
+        },
     )
-    position_encoding: bool = field(
-        default=True,
+    position_encoding: bool | None = field(
+        default=None,
         metadata={
             "help": (
                 "Add a sinusoidal encoding of each token's normalised position (0 at the first, 1 at the last valid "
                 "token) to the perceiver context. Needed for temporal questions and for generalising across frame "
-                "counts; the reference has none."
+                "counts; the reference has none. `None`: on for 'peft-hyper'; 'frames2lora' has none (only `False`)."
             )
         },
     )
@@ -88,14 +141,32 @@ class HyperLoraConfig(PeftConfig):
     num_frames: int = field(default=12, metadata={"help": "Frames sampled from a video when a call gives no count."})
     fps: float | None = field(
         default=None,
-        metadata={"help": "Sample frames at this rate instead (capped at `num_frames`); `None` samples uniformly."},
+        metadata={
+            "help": (
+                "Sample frames at this rate instead (capped at `num_frames`); `None` samples uniformly. With "
+                "`frame_sampling='reference'` the target rate, `None` there meaning 1 fps (the reference's)."
+            )
+        },
+    )
+    frame_sampling: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "How frames are chosen by presentation time (`video.load_video`): 'uniform' (one frame at the centre of "
+                "each of `num_frames` equal slots, or one per `1/fps` s) or 'reference' (the reference's rule: at most "
+                "`num_frames` at `fps`, the first and last second skipped on clips longer than "
+                "`2 + num_frames * fps` s, times spread by linspace with both ends included). `None`: 'uniform' for "
+                "'peft-hyper', 'reference' for 'frames2lora'."
+            )
+        },
     )
     video_size: int | None = field(
         default=None,
         metadata={
             "help": (
                 "Longest edge, in pixels, the processor first resizes frames to (before its square resize to the "
-                "model's image size); `None` keeps the processor's own setting."
+                "model's image size); `None` keeps the processor's own setting, except with "
+                "`frame_sampling='reference'`, where it means 384 (the reference's)."
             )
         },
     )
@@ -142,13 +213,31 @@ class HyperLoraConfig(PeftConfig):
                 "HyperLoraConfig does not take a task_type: leave it as None so that AutoPeftModel can load the "
                 "checkpoint with the base model class recorded at save time."
             )
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"HyperLoraConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}."
+            )
+        for name, value in ARCHITECTURE_DEFAULTS[self.architecture].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_heads
+        if self.frame_sampling not in FRAME_SAMPLING:
+            raise ValueError(
+                f"HyperLoraConfig.frame_sampling must be one of {FRAME_SAMPLING}, got {self.frame_sampling!r}."
+            )
+        if self.frame_sampling == "reference":
+            self.fps = REFERENCE_FPS if self.fps is None else self.fps
+            self.video_size = REFERENCE_VIDEO_SIZE if self.video_size is None else self.video_size
         if self.bias_rank is None:
             self.bias_rank = self.r
         self.base_model_name_or_path = resolve_package_path(self.base_model_name_or_path)
-        for name in ("r", "latent_dim", "num_latents", "num_blocks", "num_heads", "head_dim", "ff_mult", "num_frames"):
+        positive = ("r", "latent_dim", "num_latents", "num_blocks", "num_heads", "head_dim", "num_key_value_heads")
+        for name in (*positive, "ff_mult", "num_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"HyperLoraConfig.{name} must be a positive integer, got {value!r}.")
+        self._check_architecture_options()
         if self.bias_rank < 0:
             raise ValueError(f"HyperLoraConfig.bias_rank must be >= 0, got {self.bias_rank}.")
         if self.frames_per_vision_chunk is not None and self.frames_per_vision_chunk < 1:
@@ -161,6 +250,25 @@ class HyperLoraConfig(PeftConfig):
         self._source_path: str | None = None
         # The processor the tuner uses; saved next to the config. Not a dataclass field, so never serialised.
         self._processor = None
+
+    def _check_architecture_options(self) -> None:
+        if self.num_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"HyperLoraConfig.num_key_value_heads ({self.num_key_value_heads}) must divide num_heads "
+                f"({self.num_heads})."
+            )
+        if self.architecture == "peft-hyper" and self.num_key_value_heads != self.num_heads:
+            raise ValueError(
+                "The 'peft-hyper' architecture has no grouped-query attention: leave num_key_value_heads at None (or "
+                "equal to num_heads), or choose architecture='frames2lora'."
+            )
+        if self.architecture == "frames2lora":
+            unsupported = [name for name in ("latent_self_attention", "position_encoding") if getattr(self, name)]
+            if unsupported:
+                raise ValueError(
+                    f"The 'frames2lora' architecture (the reference's hypernetwork) has no {' or '.join(unsupported)}: "
+                    "set it to False, or choose architecture='peft-hyper'."
+                )
 
     @property
     def total_rank(self) -> int:

@@ -301,7 +301,9 @@ class VideoTextCollator:
         video = loaded_videos.get(key) if key is not None else None
         if video is None:
             try:
-                video = load_video(source, num_frames=self.spec.num_frames, fps=self.spec.fps)
+                video = load_video(
+                    source, num_frames=self.spec.num_frames, fps=self.spec.fps, sampling=self.spec.frame_sampling
+                )
             except InvalidSamplingError:
                 raise  # a configuration error, not a bad row
             except _BAD_VIDEO_ERRORS as exc:

@@ -83,3 +83,17 @@ class EvalDataError(PeftHyperError, ValueError):
 
 class EvalDataNotFoundError(PeftHyperError, FileNotFoundError):
     """Evaluation data that is neither a local path nor a dataset that could be loaded from the Hub."""
+
+
+class ReferenceCheckpointError(PeftHyperError, ValueError):
+    """A file given to the converter is not a reference Frames2LoRA checkpoint: not a torch archive, truncated, or
+    without the reference's entries and tensors."""
+
+
+class UnsafeCheckpointError(ReferenceCheckpointError):
+    """A checkpoint names a Python global outside the converter's allowlist. It is refused before unpickling, so
+    nothing in the file ran."""
+
+
+class UnsupportedReferenceOptionError(ReferenceCheckpointError):
+    """A reference checkpoint was trained with option values that peft-hyper does not implement (each is named)."""

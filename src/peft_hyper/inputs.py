@@ -33,6 +33,7 @@ class HypernetworkInputSpec:
         video_size: longest edge the processor first resizes frames to; `None` keeps the processor's setting.
         prompt: the instruction after the video (`internalize_prompt`).
         generation_prompt: end with the assistant turn's opening (`internalize_generation_prompt`).
+        frame_sampling: the rule `load_video` samples frames by, `"uniform"` or `"reference"` (`frame_sampling`).
     """
 
     num_frames: int
@@ -40,6 +41,7 @@ class HypernetworkInputSpec:
     video_size: int | None
     prompt: str
     generation_prompt: bool
+    frame_sampling: str = "uniform"
 
     @classmethod
     def from_config(cls, config: Any) -> HypernetworkInputSpec:
@@ -50,12 +52,15 @@ class HypernetworkInputSpec:
             video_size=config.video_size,
             prompt=config.internalize_prompt,
             generation_prompt=bool(config.internalize_generation_prompt),
+            frame_sampling=config.frame_sampling,
         )
 
     def cache_key(self) -> str:
         """What identifies how a video is shown to the hypernetwork, besides the frame count (which callers key on
-        separately, as they may sample other counts): a JSON string."""
-        return json.dumps([self.prompt, self.generation_prompt, self.video_size, self.fps])
+        separately, as they may sample other counts): a JSON string. Uniform sampling adds nothing (keys made before
+        the sampling rule was an option stay valid)."""
+        key = [self.prompt, self.generation_prompt, self.video_size, self.fps]
+        return json.dumps(key if self.frame_sampling == "uniform" else [*key, self.frame_sampling])
 
 
 def user_turn(text: str, video: Video | None = None) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from .hidden_states import split_decoder_module_name, stream_decoder_layer_input
 from .hypernetwork import HyperNetwork, LoraTarget
 from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_text_inputs, build_video_inputs
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
+from .reference_hypernetwork import ReferenceHyperNetwork
 from .saving import atomic_directory
 from .video import Video, VideoInput, load_video, split_video
 
@@ -52,6 +53,9 @@ _MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "pixel_atte
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _RESERVED_SUBSTRINGS = ("lora_", "hypernetworks", "base_layer")
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+# `HyperLoraConfig.architecture` → the hypernetwork class; both have the interface the tuner uses (`targets`, `layers`,
+# `generate_for_layer`, `bias_factors`).
+HYPERNETWORK_CLASSES: dict[str, type[nn.Module]] = {"peft-hyper": HyperNetwork, "frames2lora": ReferenceHyperNetwork}
 
 
 def _serialized(method: _Method) -> _Method:
@@ -185,7 +189,9 @@ class HyperLoraModel(BaseTuner):
         text_config = model.config.get_text_config()
         device = next(model.parameters()).device  # a meta-device base model (shape checks) gets a meta hypernetwork
         with torch.device("meta") if device.type == "meta" else nullcontext():
-            hypernetwork = HyperNetwork(config, text_config.hidden_size, text_config.num_hidden_layers, targets)
+            hypernetwork = HYPERNETWORK_CLASSES[config.architecture](
+                config, text_config.hidden_size, text_config.num_hidden_layers, targets
+            )
         if device.type != "meta":
             hypernetwork.to(device)
         if "hypernetworks" not in self._modules:
@@ -250,7 +256,7 @@ class HyperLoraModel(BaseTuner):
 
     # ------------------------------------------------------------------ adapters: activation and bookkeeping
     @property
-    def hypernetwork(self) -> HyperNetwork:
+    def hypernetwork(self) -> HyperNetwork | ReferenceHyperNetwork:
         """The active hypernetwork."""
         return self.hypernetworks[self.active_hypernetwork]
 
@@ -421,7 +427,7 @@ class HyperLoraModel(BaseTuner):
         if batched and len(video) == 0:
             raise InvalidFramesError("An empty list of videos was passed; pass at least one video.")
         items = list(video) if batched else [video]
-        return [load_video(v, num_frames=num_frames, fps=fps) for v in items], batched
+        return [load_video(v, num_frames=num_frames, fps=fps, sampling=spec.frame_sampling) for v in items], batched
 
     def hypernetwork_inputs(
         self, videos: Sequence[Video], spec: HypernetworkInputSpec | None = None, padding_side: str | None = None

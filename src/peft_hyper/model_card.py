@@ -1,7 +1,9 @@
 """Model cards of Frames2LoRA checkpoints, rendered from `templates/model_card.md` with `huggingface_hub.ModelCard`.
 
 `HyperLoraConfig.save_pretrained` writes one beside every saved hypernetwork; `HyperLoraTrainer` renders it with the
-training run's data, hyperparameters and metrics for `push_to_hub`.
+training run's data, hyperparameters and metrics for `push_to_hub`. Checkpoints converted from the reference's released
+files (`convert_reference.py`) get `templates/converted_model_card.md` instead: source file and sha256, licence, credit
+and how they were converted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 from .saving import atomic_write_text, final_path
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+CONVERTED_TEMPLATE = Path(__file__).parent / "templates" / "converted_model_card.md"
+CONVERTED_TAG = "frames2lora-reference"  # the tag of cards of converted reference checkpoints
 TAGS = ("frames2lora", "video-text-to-text")
 PIPELINE_TAG = "video-text-to-text"
 # Lines of a card body that PEFT's `PeftModel.create_or_update_model_card` writes on its own (and blank ones).
@@ -76,6 +80,47 @@ def render_model_card(
     )
 
 
+def render_converted_model_card(
+    config: Any,
+    repo_id: str,
+    source_file: str,
+    source_sha256: str,
+    stored_base: str | None,
+    options: Mapping[str, Any],
+    num_parameters: int,
+) -> Any:
+    """The `ModelCard` of a checkpoint converted from a reference Frames2LoRA `.pt` file (MIT, as the reference)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base_model = config.base_model_name_or_path or "unknown"
+    card_data = ModelCardData(
+        library_name="peft",
+        base_model=stored_base or base_model,
+        license="mit",
+        tags=[*TAGS, CONVERTED_TAG],
+        pipeline_tag=PIPELINE_TAG,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(CONVERTED_TEMPLATE),
+        model_name=repo_id.rstrip("/").split("/")[-1],
+        base_model=base_model,
+        repo_id=repo_id,
+        total_rank=config.total_rank,
+        target_modules=config.target_modules,
+        num_frames=config.num_frames,
+        fps=config.fps,
+        video_size=config.video_size,
+        prompt=config.internalize_prompt,
+        source_file=source_file,
+        source_sha256=source_sha256,
+        stored_base=stored_base or "not recorded",
+        options=dict(options),
+        num_parameters=f"{num_parameters:,}",
+        versions=framework_versions(),
+    )
+
+
 def is_placeholder_card(text: str) -> bool:
     """Whether a README is no real card: PEFT's generic template, or nothing but YAML metadata and the lines PEFT's
     `create_or_update_model_card` adds (framework versions, quantization config) — what PEFT leaves when it updates a
@@ -89,6 +134,16 @@ def is_placeholder_card(text: str) -> bool:
     return "[More Information Needed]" in text and "frames2lora" not in text
 
 
+def converted_card_of_source(config: Any) -> str | None:
+    """The card of the directory `config` was loaded from, if that is a converted reference checkpoint's card."""
+    source = getattr(config, "_source_path", None)
+    card = Path(source) / "README.md" if source else None
+    if card is None or not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8")
+    return text if CONVERTED_TAG in text else None
+
+
 def write_default_model_card(save_directory: str | Path, config: Any) -> None:
     """Write the Frames2LoRA card to `save_directory/README.md` (atomically), replacing a placeholder
     ([`is_placeholder_card`]) but never a card someone wrote (or a Frames2LoRA card already there, e.g. the
@@ -96,6 +151,12 @@ def write_default_model_card(save_directory: str | Path, config: Any) -> None:
     of `peft_hyper.saving`."""
     path = Path(save_directory) / "README.md"
     if path.is_file() and not is_placeholder_card(path.read_text(encoding="utf-8")):
+        return
+    converted = converted_card_of_source(config)
+    if (
+        converted is not None
+    ):  # a converted reference checkpoint keeps its card (source, sha256, licence) when re-saved
+        atomic_write_text(path, converted)
         return
     card = render_model_card(config, repo_id=final_path(save_directory).resolve().name)
     atomic_write_text(path, str(card))

@@ -1,7 +1,9 @@
 """Stage 1 of the data flow: a video (path, bytes, file object, frame tensor or PIL images) → sampled uint8 frames.
 
 Decoding is torchcodec's. Frames are sampled by presentation time, so a variable-frame-rate video is sampled evenly in
-time, not in frame count. The frames come with a `TimedVideoMetadata` (a `transformers` `VideoMetadata`) whose
+time, not in frame count, by one of two rules (`FRAME_SAMPLING`): `"uniform"` (one frame at the centre of each of
+equal time slots) or `"reference"` (the rule the reference Frames2LoRA checkpoints were trained with: SmolVLM's video
+processor, at most 12 frames at 1 fps, the first and last second skipped on long clips, both ends included). The frames come with a `TimedVideoMetadata` (a `transformers` `VideoMetadata`) whose
 `timestamps` are the sampled frames' presentation times; `SmolVLMProcessor` writes them into the prompt
 ("Frame from MM:SS").
 """
@@ -27,6 +29,13 @@ from .errors import EmptyVideoError, InvalidFramesError, InvalidSamplingError, V
 VideoInput = Union[str, os.PathLike, bytes, io.IOBase, torch.Tensor, Sequence[Any], "Video"]
 
 _INPUT_KINDS = "a path, bytes, a binary file object, a uint8 tensor (T, 3, H, W) or a list of PIL images"
+
+FRAME_SAMPLING = ("uniform", "reference")
+"""Frame-sampling rules of `load_video`: `"uniform"` (slot centres) and `"reference"` (the reference's rule)."""
+REFERENCE_FPS = 1.0
+"""The frame rate the reference samples at when none is given."""
+REFERENCE_SKIP_SECONDS = 1.0
+"""Seconds the reference skips at each end of a clip longer than `2 * skip + num_frames / fps`."""
 
 
 @dataclass
@@ -150,6 +159,15 @@ def sample_frames_by_time(
         Sorted, distinct indices into `pts_seconds`.
     """
     num_frames, fps = _check_sampling(num_frames, fps)
+    pts, end = _clip_timing(pts_seconds, end_seconds)
+    count = _frame_count(num_frames, pts.size, end - float(pts[0]), fps)
+    return _frames_at_slot_centres(pts, end, count)
+
+
+def _clip_timing(
+    pts_seconds: Sequence[float] | np.ndarray | torch.Tensor, end_seconds: float
+) -> tuple[np.ndarray, float]:
+    """`(N,)` float64 pts and the end of the last frame (see `sample_frames_by_time`)."""
     pts = np.asarray(pts_seconds, dtype=np.float64).reshape(-1)
     if pts.size == 0:
         raise EmptyVideoError("The video has no frames. Pass a video with at least one decodable frame.")
@@ -158,8 +176,7 @@ def sample_frames_by_time(
         steps = np.diff(pts)
         steps = steps[steps > 0]
         end = float(pts[-1]) + (float(np.median(steps)) if steps.size else 0.0)
-    count = _frame_count(num_frames, pts.size, end - float(pts[0]), fps)
-    return _frames_at_slot_centres(pts, end, count)
+    return pts, end
 
 
 def _frame_count(num_frames: int, total: int, duration: float | None, fps: float | None) -> int:
@@ -175,11 +192,89 @@ def _frames_at_slot_centres(starts: np.ndarray, end: float, count: int) -> list[
     begin = float(starts[0])
     span = max(end - begin, 0.0)
     centres = begin + (np.arange(count) + 0.5) * span / count
-    # A billionth of the mean frame period: where a slot centre is exactly a frame's start, float rounding must not
-    # pick the frame before (at a constant rate this is the old `floor((k + 0.5) * N / count)` index rule).
+    return _frames_on_screen(starts, centres, span)
+
+
+def _frames_on_screen(starts: np.ndarray, times: np.ndarray, span: float) -> list[int]:
+    """Sorted, distinct indices of the frames on screen at `times` (the last frame starting at or before each)."""
+    # A billionth of the mean frame period: where a time is exactly a frame's start, float rounding must not pick the
+    # frame before (at a constant rate the slot centres give the old `floor((k + 0.5) * N / count)` index rule).
     tolerance = 1e-9 * span / starts.size
-    indices = np.searchsorted(starts, centres + tolerance, side="right") - 1
+    indices = np.searchsorted(starts, times + tolerance, side="right") - 1
     return np.unique(np.clip(indices, 0, starts.size - 1)).tolist()
+
+
+def reference_frame_indices(
+    total_num_frames: int, source_fps: float, num_frames: int = 12, fps: float = REFERENCE_FPS
+) -> list[int]:
+    """The reference's rule on a constant-rate video (frame `i` shown at `i / source_fps`): index for index what
+    `SmolVLMVideoProcessor.sample_frames` (transformers 5, `skip_secs=1`) returns, as the reference trained with it.
+
+    - `count = round(duration * fps)`, capped at `num_frames`, at least 1, with `duration = total / source_fps`;
+    - when `duration - 2 * skip > num_frames * fps` (longer than 14 s for 12 frames at 1 fps) the range runs from
+      frame `int(skip * source_fps)` to frame `int(total - skip * source_fps)`, otherwise from the first to the last;
+    - `count` indices by `linspace` over the range, both ends included, truncated to whole frames; repeats kept once.
+    """
+    num_frames, fps = _check_sampling(num_frames, fps)
+    if total_num_frames < 1:
+        raise EmptyVideoError("The video has no frames. Pass a video with at least one decodable frame.")
+    if not _is_positive_real(source_fps):
+        raise InvalidSamplingError(f"The reference's sampling needs the source frame rate, got {source_fps!r}.")
+    duration = total_num_frames / source_fps
+    count = _reference_count(num_frames, duration, fps)
+    start, stop = 0, total_num_frames - 1
+    if _reference_skips(duration, num_frames, fps):
+        skip = REFERENCE_SKIP_SECONDS * source_fps
+        start, stop = int(skip), min(int(total_num_frames - skip), total_num_frames - 1)
+        if start >= stop:
+            start, stop = 0, total_num_frames - 1
+    return np.unique(np.linspace(start, stop, count, dtype=int)).tolist()
+
+
+def sample_frames_reference(
+    pts_seconds: Sequence[float] | np.ndarray | torch.Tensor,
+    end_seconds: float,
+    num_frames: int = 12,
+    fps: float = REFERENCE_FPS,
+) -> list[int]:
+    """The reference's rule ([`reference_frame_indices`]) by presentation time, for any frame timing.
+
+    The clip runs from the first frame's pts to `end_seconds` (`duration` = the difference). `count` is as in the
+    index rule. The range starts at the frame on screen `skip` seconds after the first frame and stops at the frame on
+    screen `skip` seconds before the end when the clip is long enough (else the first and the last frame); `count`
+    times spread by `linspace` from the first of these frames' pts to the last's, both included, each keep the frame on
+    screen then; repeats are kept once. At a constant frame rate this is the index rule (tested).
+
+    Args:
+        pts_seconds: `(N,)` presentation times of all frames, in presentation order.
+        end_seconds: end of the last frame (its pts plus its duration); at or before its pts, the median step
+            between frames is used as its duration.
+        num_frames: the most frames to sample (12 in the reference).
+        fps: the target rate (1 in the reference).
+
+    Returns:
+        Sorted, distinct indices into `pts_seconds`.
+    """
+    num_frames, fps = _check_sampling(num_frames, fps)
+    pts, end = _clip_timing(pts_seconds, end_seconds)
+    first = float(pts[0])
+    span = end - first
+    count = _reference_count(num_frames, span, fps)
+    start, stop = 0, pts.size - 1
+    if _reference_skips(span, num_frames, fps):
+        times = np.array([first + REFERENCE_SKIP_SECONDS, end - REFERENCE_SKIP_SECONDS])
+        start, stop = _frames_on_screen(pts, times, span) if times[0] < times[1] else (0, 0)
+        if start >= stop:
+            start, stop = 0, pts.size - 1
+    return _frames_on_screen(pts, np.linspace(pts[start], pts[stop], count), span)
+
+
+def _reference_count(num_frames: int, duration: float, fps: float) -> int:
+    return max(1, min(int(round(fps * duration)), num_frames))
+
+
+def _reference_skips(duration: float, num_frames: int, fps: float) -> bool:
+    return duration - 2 * REFERENCE_SKIP_SECONDS > num_frames * fps
 
 
 def load_video(
@@ -187,6 +282,7 @@ def load_video(
     num_frames: int = 12,
     fps: float | None = None,
     source_fps: float = 1.0,
+    sampling: str = "uniform",
 ) -> Video:
     """Decode and sample a video.
 
@@ -194,19 +290,28 @@ def load_video(
         source: a path, raw bytes, a binary file object, a uint8 tensor `(T, 3, H, W)`, a list of PIL images, or a
             `Video` (returned as is).
         num_frames: the number of frames to sample (an upper bound when `fps` is given).
-        fps: sample one frame every `1/fps` seconds instead of uniformly.
+        fps: sample one frame every `1/fps` seconds instead of uniformly; with `sampling="reference"`, the target
+            rate (`None`: 1 fps, the reference's).
         source_fps: frame rate of pre-decoded frames (tensor or PIL input), used for timestamps.
+        sampling: `"uniform"` (`sample_frames_by_time`: a frame at the centre of each of equal time slots) or
+            `"reference"` (`sample_frames_reference`: the reference Frames2LoRA's rule, at most `num_frames` at `fps`,
+            a second skipped at each end of a long clip, both ends included).
 
     Returns:
         `Video` with `frames` `(T, 3, H, W)` uint8, `T <= num_frames`, and `metadata.timestamps` the sampled frames'
         presentation times.
 
     Raises:
-        InvalidSamplingError: `num_frames`, `fps` or `source_fps` is not a positive (finite) number.
+        InvalidSamplingError: `num_frames`, `fps` or `source_fps` is not a positive (finite) number, or `sampling`
+            is not one of `FRAME_SAMPLING`.
         InvalidFramesError: the input is of the wrong type, or frames of the wrong dtype or shape.
         VideoNotFoundError, EmptyVideoError, VideoDecodeError: the file is missing, empty or not a decodable video.
     """
     num_frames, fps = _check_sampling(num_frames, fps)
+    if sampling not in FRAME_SAMPLING:
+        raise InvalidSamplingError(f"sampling must be one of {FRAME_SAMPLING}, got {sampling!r}.")
+    if sampling == "reference" and fps is None:
+        fps = REFERENCE_FPS
     if isinstance(source_fps, bool) or not _is_positive_real(source_fps):
         raise InvalidSamplingError(
             f"source_fps must be a positive, finite number of frames per second, got {source_fps!r}. Pass the frame "
@@ -216,14 +321,14 @@ def load_video(
     if isinstance(source, Video):
         return source
     if isinstance(source, torch.Tensor):
-        return _sample_decoded(_check_frame_tensor(source), num_frames, fps, source_fps)
+        return _sample_decoded(_check_frame_tensor(source), num_frames, fps, source_fps, sampling)
     if isinstance(source, np.ndarray):
         raise InvalidFramesError(
             "Got a numpy array; pass a torch tensor instead: `torch.from_numpy(frames)`, followed by "
             "`.permute(0, 3, 1, 2)` if the frames are (T, H, W, 3)."
         )
     if isinstance(source, (list, tuple)):
-        return _sample_decoded(_check_frame_tensor(_pil_to_tensor(source)), num_frames, fps, source_fps)
+        return _sample_decoded(_check_frame_tensor(_pil_to_tensor(source)), num_frames, fps, source_fps, sampling)
     if isinstance(source, (str, os.PathLike)):
         source = _check_path(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -236,7 +341,7 @@ def load_video(
         )
     elif not isinstance(source, io.IOBase) and not hasattr(source, "read"):
         raise InvalidFramesError(f"Cannot read a video from a {type(source).__name__}. Pass {_INPUT_KINDS}.")
-    return _decode(source, num_frames, fps)
+    return _decode(source, num_frames, fps, sampling)
 
 
 def _check_sampling(num_frames: Any, fps: Any) -> tuple[int, float | None]:
@@ -277,7 +382,7 @@ def _check_path(source: str | os.PathLike) -> str:
     return str(path)
 
 
-def _decode(source: Any, num_frames: int, fps: float | None) -> Video:
+def _decode(source: Any, num_frames: int, fps: float | None, sampling: str = "uniform") -> Video:
     from torchcodec.decoders import VideoDecoder
 
     name = source if isinstance(source, str) else f"<{type(source).__name__}>"
@@ -298,10 +403,13 @@ def _decode(source: Any, num_frames: int, fps: float | None) -> Video:
     begin = float(meta.begin_stream_seconds or 0.0)
     if pts is not None and len(pts) == total:
         end = float(meta.end_stream_seconds) if meta.end_stream_seconds is not None else float(pts[-1])
-        indices = sample_frames_by_time(pts, end, num_frames, fps)
+        if sampling == "reference":
+            indices = sample_frames_reference(pts, end, num_frames, fps)
+        else:
+            indices = sample_frames_by_time(pts, end, num_frames, fps)
         begin = float(pts[0])
     else:  # no frame index (torchcodec < 0.17): assume a constant rate, as the container's average fps says
-        indices = sample_frame_indices(total, average_fps, num_frames, fps)
+        indices = _indices_at_constant_rate(total, average_fps, num_frames, fps, sampling)
     try:
         batch = decoder.get_frames_at(indices)
         frames = batch.data
@@ -403,7 +511,22 @@ def _pil_to_tensor(images: Sequence[Any]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _sample_decoded(frames: torch.Tensor, num_frames: int, fps: float | None, source_fps: float) -> Video:
+def _indices_at_constant_rate(
+    total: int, source_fps: float | None, num_frames: int, fps: float | None, sampling: str
+) -> list[int]:
+    if sampling == "reference":
+        if source_fps is None:
+            raise InvalidSamplingError(
+                "The reference's sampling needs the video's frame rate, which this file does not state; pass "
+                "`sampling='uniform'`."
+            )
+        return reference_frame_indices(total, source_fps, num_frames, fps)
+    return sample_frame_indices(total, source_fps, num_frames, fps)
+
+
+def _sample_decoded(
+    frames: torch.Tensor, num_frames: int, fps: float | None, source_fps: float, sampling: str = "uniform"
+) -> Video:
     total = frames.shape[0]
     duration = total / source_fps
     if not math.isfinite(duration):
@@ -411,7 +534,7 @@ def _sample_decoded(frames: torch.Tensor, num_frames: int, fps: float | None, so
             f"source_fps={source_fps!r} is too small: {total} frames would last {duration} s. Pass the real frame "
             "rate of the frames."
         )
-    indices = sample_frame_indices(total, source_fps, num_frames, fps)
+    indices = _indices_at_constant_rate(total, source_fps, num_frames, fps, sampling)
     metadata = TimedVideoMetadata(
         total_num_frames=total,
         fps=source_fps,
