@@ -14,7 +14,7 @@ from peft_hyper import HyperLoraModel
 from peft_hyper.cli import main as cli_main
 from peft_hyper.errors import EvalDataError, EvalDataNotFoundError, OutputPathError, UsageError
 from peft_hyper.evaluation import runner
-from peft_hyper.evaluation.runner import evaluate_adapters, load_eval_items
+from peft_hyper.evaluation.runner import EvalItem, evaluate_adapters, load_eval_items
 
 
 @pytest.fixture(scope="module")
@@ -395,3 +395,20 @@ def test_retrained_hypernetwork_reuses_base_only_predictions(checkpoint, clips, 
     model.base_model.hyper_config.internalize_prompt = "Describe the video."  # same weights, other input
     evaluate_adapters(model, items, output_dir=tmp_path, progress=False, **kwargs)
     assert calls == {"video": 0, "adapter": 2}
+
+
+def test_videos_are_sampled_as_the_evaluated_hypernetwork_reads_them(vlm, clips, monkeypatch):
+    """A checkpoint that samples by fps (or by the reference's rule) is evaluated on the frames it was trained on,
+    in every condition alike."""
+    model = get_peft_model(vlm, small_config(fps=4.0)).eval()
+    seen = []
+    load_video = runner.load_video
+
+    def recording(source, *args, **kwargs):
+        seen.append(kwargs.get("fps"))
+        return load_video(source, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "load_video", recording)
+    items = [EvalItem(id=str(i), video=clip, prompt="what moves?", references=["x"]) for i, clip in enumerate(clips)]
+    evaluate_adapters(model, items, margin=0.05, controls=[], frames=[4], max_new_tokens=2, progress=False)
+    assert seen and set(seen) == {4.0}

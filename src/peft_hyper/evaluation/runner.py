@@ -14,6 +14,7 @@ file, resized); [`import_video_loader`] resolves `frames2lora eval --video-loade
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -204,7 +205,10 @@ def evaluate_adapters(
     Items with a `spec` need a loader that reads specs, e.g. `peft_hyper.testing.world.render_spec_video`."""
     _check_arguments(metrics, margin, controls, frames, sizes, max_new_tokens, batch_size)
     check_video_loader(items, video_loader)
-    video_loader = video_loader or load_eval_video
+    spec = model.base_model.input_spec
+    # Files are sampled as the hypernetwork reads videos (its fps and sampling rule), for every condition alike.
+    sampling = {"fps": spec.fps, "sampling": spec.frame_sampling}
+    video_loader = video_loader or functools.partial(load_eval_video, **sampling)
     loaded_metrics = [load_metric(m) for m in metrics]
     if len(items) < 2:
         raise EvalDataError(f"Evaluation needs at least two items (paired statistics); got {len(items)}.")
@@ -218,9 +222,12 @@ def evaluate_adapters(
                 "write to (it is created if missing)."
             ) from exc
     tuner = model.base_model
+    base_key = f"{_fingerprint(p for n, p in tuner.model.named_parameters() if 'lora_' not in n)}|{max_new_tokens}"
+    if sampling != {"fps": None, "sampling": "uniform"}:  # other frames for the base-only conditions too
+        base_key += "|" + json.dumps(sampling)
     cache = _PredictionCache(
         output / "predictions.jsonl" if output else None,
-        f"{_fingerprint(p for n, p in tuner.model.named_parameters() if 'lora_' not in n)}|{max_new_tokens}",
+        base_key,
         "|" + _fingerprint(tuner.hypernetwork.parameters()) + "|" + tuner.input_spec.cache_key(),
     )
     model.eval()
@@ -374,10 +381,12 @@ def _run_key(condition: str, frames: int, size: int | None) -> str:
     return f"{condition}@{frames}" + (f"@{size}px" if size else "")
 
 
-def load_eval_video(source: Any, num_frames: int, size: int | None = None) -> Video:
-    """The default video loader: [`load_video`]`(source, num_frames=num_frames)`, resized (bilinear, antialiased) so
-    that its longest edge is `size` px when `size` is given."""
-    video = load_video(source, num_frames=num_frames)
+def load_eval_video(
+    source: Any, num_frames: int, size: int | None = None, fps: float | None = None, sampling: str = "uniform"
+) -> Video:
+    """The default video loader: [`load_video`]`(source, num_frames, fps=fps, sampling=sampling)` (the evaluated
+    model's sampling), resized (bilinear, antialiased) so that its longest edge is `size` px when `size` is given."""
+    video = load_video(source, num_frames=num_frames, fps=fps, sampling=sampling)
     if size is not None:
         height, width = video.frames.shape[-2:]
         scale = size / max(height, width)
