@@ -197,6 +197,31 @@ def test_app_command_passes_its_options_to_the_server(monkeypatch):
         assert exited.value.code == 2
 
 
+SPACE = Path(__file__).resolve().parents[1] / "spaces" / "frames2lora"
+
+
+def test_space_entry_point_builds_the_page(monkeypatch, model):
+    import runpy
+
+    import peft_hyper.app
+
+    monkeypatch.setattr(peft_hyper.app, "load_model", lambda model_id: model)  # the checkpoint loaded once above
+    monkeypatch.setenv("FRAMES2LORA_MAX_UPLOAD_MB", "7")
+    space = runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
+    assert isinstance(space["demo"], gradio.Blocks) and space["app"].max_upload_mb == 7
+    front_matter = (SPACE / "README.md").read_text().split("---")[1]
+    assert f"sdk_version: {gradio.__version__}" in front_matter and "app_file: app.py" in front_matter
+
+
+def test_space_requirements_pin_what_the_project_is_tested_with():
+    def pins(path: Path) -> dict[str, str]:
+        lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+        return dict(line.lower().split("==") for line in lines if "==" in line)
+
+    tested, space = pins(SPACE.parents[1] / "constraints.txt"), pins(SPACE / "requirements.txt")
+    assert space and {name: tested.get(name) for name in space} == space
+
+
 def wait_for_page(url: str, process: subprocess.Popen, timeout: float = 120) -> float:
     """Seconds until `url` serves the page (HTTP 200), failing if `process` dies first."""
     start = time.perf_counter()
@@ -249,6 +274,9 @@ def test_page_in_headless_chromium(tmp_path):
             page.wait_for_timeout(500)
             page.screenshot(path=str(out / "app.png"), full_page=True)
             browser.close()
+        from PIL import Image  # 256 colours: a fifth of the size, for the docs
+
+        Image.open(out / "app.png").convert("RGB").quantize(256, dither=Image.Dither.NONE).save(out / "app.png")
     finally:
         process.terminate()
         process.wait(timeout=30)
