@@ -146,6 +146,23 @@ def test_sessions_do_not_see_each_others_adapters(served, model):
     app.end_session("someone-else")
 
 
+def test_closing_the_tab_deletes_the_sessions_adapters(served, model):
+    import httpx
+
+    app, url = served
+    user = client(url)
+    user.predict("synthetic_clip_4", api_name="/load_sample")
+    user.predict(api_name="/internalize")
+    name = app.session(user.session_hash).adapters["1: synthetic_clip_4"].adapter_name
+    # a browser keeps this stream open while the tab is open; its end is what runs `Blocks.unload`
+    with httpx.stream("GET", f"{url}gradio_api/heartbeat/{user.session_hash}", timeout=10) as stream:
+        next(stream.iter_lines())
+    deadline = time.monotonic() + 10
+    while name in model.base_model.generated_adapters and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert name not in model.base_model.generated_adapters
+
+
 def test_download_gives_the_peft_lora_directory_as_a_zip(served, tmp_path):
     app, url = served
     user = Client(url, verbose=False, download_files=str(tmp_path))  # downloads the files it is given

@@ -101,6 +101,7 @@ class Session:
     history: list[dict[str, str]] = field(default_factory=list)
     count: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one internalization at a time per session
 
 
 class Frames2LoraApp:
@@ -197,7 +198,7 @@ class Frames2LoraApp:
         except PeftHyperError as exc:  # say the file's name, not where the server keeps it
             raise type(exc)(str(exc).replace(str(path), path.name)) from exc
         if truth is None:  # keep the upload for the session's lifetime (Gradio may clean its own cache)
-            kept = session.workdir / "uploads" / f"{session.count + 1}-{path.name}"
+            kept = session.workdir / "uploads" / secrets.token_hex(4) / path.name
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, kept)
             path = kept
@@ -208,28 +209,31 @@ class Frames2LoraApp:
     def internalize(self, key: str) -> SessionAdapter:
         """Turn the session's clip into an adapter of this session and make it the session's active adapter."""
         session = self.session(key)
-        if session.clip is None:
-            raise UsageError("pick a sample clip or upload a video first.")
-        if len(session.adapters) >= self.max_adapters_per_session:
-            raise UsageError(
-                f"this session holds {len(session.adapters)} adapters, the most this app keeps per user; reload the "
-                "page to start again."
+        with session.lock:
+            clip = session.clip
+            if clip is None:
+                raise UsageError("pick a sample clip or upload a video first.")
+            if len(session.adapters) >= self.max_adapters_per_session:
+                raise UsageError(
+                    f"this session holds {len(session.adapters)} adapters, the most this app keeps per user; reload "
+                    "the page to start again."
+                )
+            number = session.count + 1
+            name = f"{session.prefix}{number}"
+            start = time.perf_counter()
+            state_dict = self.tuner.internalize(clip.video, adapter_name=name, activate=False)
+            seconds = time.perf_counter() - start
+            session.count = number
+            adapter = SessionAdapter(
+                label=f"{number}: {clip.name}",
+                adapter_name=name,
+                clip=clip,
+                seconds=seconds,
+                size_mib=sum(t.numel() * t.element_size() for t in state_dict.values()) / 2**20,
+                rank=self.tuner.hyper_config.total_rank,
             )
-        session.count += 1
-        name = f"{session.prefix}{session.count}"
-        start = time.perf_counter()
-        state_dict = self.tuner.internalize(session.clip.video, adapter_name=name, activate=False)
-        seconds = time.perf_counter() - start
-        adapter = SessionAdapter(
-            label=f"{session.count}: {session.clip.name}",
-            adapter_name=name,
-            clip=session.clip,
-            seconds=seconds,
-            size_mib=sum(t.numel() * t.element_size() for t in state_dict.values()) / 2**20,
-            rank=self.tuner.hyper_config.total_rank,
-        )
-        session.adapters[adapter.label] = adapter
-        session.active = adapter.label
+            session.adapters[adapter.label] = adapter
+            session.active = adapter.label
         return adapter
 
     def select(self, key: str, label: str) -> SessionAdapter:
