@@ -19,7 +19,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks spaces
 
 app: $(STAMP)
 	$(BIN)/frames2lora app
