@@ -81,6 +81,27 @@ def test_app_answers_like_frames2lora_ask(served, model):
     assert len(history) == 2 * (len(QUESTIONS) + 1) and "video in context" in json.dumps(history[-1])
 
 
+def test_the_selector_switches_among_a_sessions_adapters(served, model):
+    app, url = served
+    user = client(url)
+    question = "how many objects appear in the video?"
+    user.predict("synthetic_clip", api_name="/load_sample")
+    user.predict(api_name="/internalize")
+    first = user.predict(question, False, api_name="/ask")[1]
+    user.predict("synthetic_clip_2", api_name="/load_sample")
+    _, selector = user.predict(api_name="/internalize")
+    assert [label for label, _ in selector["choices"]] == ["1: synthetic_clip", "2: synthetic_clip_2"]
+    second = user.predict(question, False, api_name="/ask")[1]
+    assert second["adapter_label"] == "2: synthetic_clip_2"
+
+    global_active = model.base_model.active_adapter
+    strip, clip_info, _, adapter_info = user.predict("1: synthetic_clip", api_name="/select_adapter")
+    assert "**synthetic_clip**" in clip_info and "1: synthetic_clip" in adapter_info
+    again = user.predict(question, False, api_name="/ask")[1]
+    assert again["adapter_label"] == "1: synthetic_clip" and again["adapter"]["answer"] == first["adapter"]["answer"]
+    assert model.base_model.active_adapter == global_active  # the session's choice, not the model's set_adapter
+
+
 def test_bad_uploads_show_the_typed_error_and_the_app_keeps_working(served, tmp_path):
     app, url = served
     not_a_video = tmp_path / "notes.mp4"
