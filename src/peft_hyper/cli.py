@@ -3,10 +3,11 @@
 frames2lora demo                                      # the shipped sample clip, all three conditions, vs truth
 frames2lora ask VIDEO "question" ... [--compare] [--json]
 frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the video is not touched
-frames2lora internalize VIDEO -o DIR
+frames2lora internalize VIDEO -o DIR [--segment-frames N] [--max-rank R]   # segments composed in rank space
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
                  [--video-loader MODULE:FUNCTION]      # e.g. peft_hyper.testing.world:render_spec_video
 frames2lora convert FILE.pt [--base ID_OR_DIR] -o DIR  # a reference Frames2LoRA checkpoint → a peft-hyper directory
+frames2lora app [--host H] [--port N] [--max-upload-mb N]   # the Gradio demo page (pip install 'peft-hyper[app]')
 """
 
 from __future__ import annotations
@@ -168,9 +169,11 @@ def _check_output_dir(path: str | Path, option: str) -> None:
         )
 
 
-def _answer(tuner: Any, question: str, max_new_tokens: int, **condition: Any) -> dict[str, Any]:
+def timed_answer(tuner: Any, question: str, max_new_tokens: int, **condition: Any) -> dict[str, Any]:
     """One greedy answer with `tuner.answer(question, **condition)`, its time to first token (prompt building, prefill
-    and one decoding step) and the visual tokens in its context."""
+    and one decoding step) and the visual tokens in its context: `{"answer", "ttft_s", "visual_tokens"}`.
+
+    `condition` is `adapter_names=NAME` (adapter only; `"__base__"`: no video) or `videos=[Video]` (in context)."""
     video = condition.get("videos", [None])[0]
     inputs = tuner.text_inputs(question) if video is None else tuner.video_inputs([video], question)
     start = time.perf_counter()
@@ -212,10 +215,10 @@ def ask(
     rows = []
     for question in tqdm(questions, desc="questions", disable=len(questions) < 4, leave=False):
         row: dict[str, Any] = {"question": question}
-        row["adapter"] = _answer(tuner, question, max_new_tokens, adapter_names="video")
+        row["adapter"] = timed_answer(tuner, question, max_new_tokens, adapter_names="video")
         if compare:
-            row["in_context"] = _answer(tuner, question, max_new_tokens, videos=[video])
-            row["no_video"] = _answer(tuner, question, max_new_tokens, adapter_names="__base__")
+            row["in_context"] = timed_answer(tuner, question, max_new_tokens, videos=[video])
+            row["no_video"] = timed_answer(tuner, question, max_new_tokens, adapter_names="__base__")
         rows.append(row)
     return timings, rows
 
@@ -251,10 +254,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def sample_clip() -> tuple[Path, dict[str, Any]]:
-    """The sample clip shipped with the package (a held-out synthetic-world clip) and its ground truth."""
+def sample_clips() -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The clips shipped with the package (held-out synthetic-world clips, written by
+    `examples/embedded_default/make_sample_clip.py`): name → (mp4 path, ground truth), the demo's clip first."""
     folder = Path(__file__).parent / "samples"
-    return folder / "synthetic_clip.mp4", json.loads((folder / "synthetic_clip.json").read_text(encoding="utf-8"))
+    return {
+        path.stem: (path, json.loads(path.with_suffix(".json").read_text(encoding="utf-8")))
+        for path in sorted(folder.glob("*.mp4"))
+    }
+
+
+def sample_clip() -> tuple[Path, dict[str, Any]]:
+    """The sample clip of `frames2lora demo` and its ground truth."""
+    return sample_clips()["synthetic_clip"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -338,6 +350,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from .app import require_gradio, serve
+
+    require_gradio()  # before the model: a missing optional dependency fails in a second
+    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
 # argparse `type=` checks: a bad value exits with status 2 and the usage line before any model is loaded.
 def _count(text: str) -> int:
     """A whole number >= 1 (frames, tokens, items, batch size)."""
@@ -347,6 +367,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
     return value
 
 
@@ -360,6 +390,16 @@ def _margin(text: str) -> float:
             f"must be a finite number > 0 on the metric's scale (e.g. 0.05), fixed before looking at results; got "
             f"{text!r}"
         )
+    return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a size in MiB > 0, got {text!r}")
     return value
 
 
@@ -472,6 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--base", default=None, help="base model Hub id or directory (default: the one in the file)")
     convert.add_argument("-o", "--output", required=True, help="checkpoint directory (replaced if it exists)")
     convert.set_defaults(func=cmd_convert)
+    app = sub.add_parser(
+        "app",
+        parents=[model_option],
+        help="serve the demo page: upload, internalize, ask (adapter vs in-context), download (needs gradio)",
+    )
+    app.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    app.add_argument("--port", type=_port, default=None, help="port (default 7860, or the next free one)")
+    app.add_argument("--max-upload-mb", type=_megabytes, default=50.0, help="largest video accepted (MiB)")
+    app.set_defaults(func=cmd_app)
     return parser
 
 
