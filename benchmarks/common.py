@@ -211,21 +211,14 @@ def make_video(directory: Path, arch: str, num_frames: int, seed: int = 0) -> Pa
 def query_inputs(
     processor: Any, video: Any | None, device: str, dtype: torch.dtype, question: str = QUESTION
 ) -> dict[str, torch.Tensor]:
-    """Processor inputs of one user question, with the video in context (a `peft_hyper.Video`) or text only."""
-    content: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {}
-    if video is not None:
-        content.append({"type": "video", "video": video.frames})
-        kwargs = {"video_metadata": [video.metadata], "do_sample_frames": False}
-    content.append({"type": "text", "text": question})
-    batch = processor.apply_chat_template(
-        [[{"role": "user", "content": content}]],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs=kwargs,
-    )
+    """Processor inputs of one user question, with the video in context (a `peft_hyper.Video`) or text only: the
+    prompts `HyperLoraModel.video_inputs` / `text_inputs` build (`peft_hyper.inputs`), on `device` in `dtype`."""
+    from peft_hyper.inputs import build_text_inputs, build_video_inputs
+
+    if video is None:
+        batch = build_text_inputs(processor, question)
+    else:
+        batch = build_video_inputs(processor, [video], question, add_generation_prompt=True)
     inputs = {}
     for name in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"):
         if name in batch:

@@ -20,11 +20,7 @@ QUESTION = "What colour is the square?"
 
 
 def text_inputs(model) -> dict[str, torch.Tensor]:
-    processor = model.processor
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}], add_generation_prompt=True
-    )
-    return dict(processor(text=[prompt], return_tensors="pt"))
+    return model.text_inputs(QUESTION)
 
 
 def logits(model, inputs) -> torch.Tensor:

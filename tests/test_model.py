@@ -35,10 +35,7 @@ QUESTION = "What colour is the square?"
 
 
 def text_inputs(model, question: str = QUESTION) -> dict[str, torch.Tensor]:
-    processor = model.processor
-    conversation = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return dict(processor(text=[prompt], return_tensors="pt"))
+    return model.text_inputs(question)
 
 
 def logits(model, inputs) -> torch.Tensor:

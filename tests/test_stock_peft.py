@@ -34,11 +34,7 @@ STOCK_PEFT_SCRIPT = textwrap.dedent(
 def test_saved_adapter_loads_in_stock_peft_with_identical_logits(hyper_model, clips, tiny_base_dir, tmp_path):
     hyper_model.eval()
     hyper_model.internalize(clips[0], adapter_name="clip")
-    processor = hyper_model.processor
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": "What moves?"}]}], add_generation_prompt=True
-    )
-    inputs = {k: v.contiguous() for k, v in processor(text=[prompt], return_tensors="pt").items()}
+    inputs = {k: v.contiguous() for k, v in hyper_model.text_inputs("What moves?").items()}
     with torch.no_grad():
         expected = hyper_model(**inputs).logits
 
