@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -380,27 +381,25 @@ def _port(text: str) -> int:
     return value
 
 
-def _margin(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number > 0 on the metric's scale (e.g. 0.05), fixed before looking at results; got "
-            f"{text!r}"
-        )
-    return value
+def _positive_number(expected: str) -> Callable[[str], float]:
+    """An argparse type: a finite number > 0, refused with `expected` (what the option takes) otherwise."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{expected}; got {text!r}")
+        return value
+
+    return parse
 
 
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a size in MiB > 0, got {text!r}")
-    return value
+_margin = _positive_number(
+    "must be a finite number > 0 on the metric's scale (e.g. 0.05), fixed before looking at results"
+)
+_megabytes = _positive_number("expected a size in MiB > 0")
 
 
 def _counts(text: str) -> list[int]:
