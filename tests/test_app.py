@@ -205,13 +205,13 @@ def test_ttft_chart_measures_adapter_and_in_context_at_each_frame_count(served, 
     app, url = served
     user = client(url)
     user.predict("synthetic_clip", api_name="/load_sample")
-    before = set(model.base_model.generated_adapters)
     plot, points = user.predict(QUESTIONS[0], api_name="/ttft_chart")
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/")
     assert [p["frames"] for p in points] == list(CHART_FRAMES)
     assert [p["visual_tokens"] for p in points] == [16 * n for n in CHART_FRAMES]
     assert all(p["adapter_ttft_s"] > 0 and p["in_context_ttft_s"] > 0 for p in points)
-    assert set(model.base_model.generated_adapters) == before  # the chart's adapter is not left behind
+    # the chart's adapter is not left behind (other tests' sessions may end meanwhile, so only chart slots are checked)
+    assert not [name for name in model.base_model.generated_adapters if name.endswith("_chart")]
 
 
 def test_app_command_says_how_to_install_gradio_when_it_is_missing(monkeypatch, capsys):
