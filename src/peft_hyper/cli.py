@@ -6,6 +6,7 @@ frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the vid
 frames2lora internalize VIDEO -o DIR [--segment-frames N] [--max-rank R]   # segments composed in rank space
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
                  [--video-loader MODULE:FUNCTION]      # e.g. peft_hyper.testing.world:render_spec_video
+frames2lora internalize-dataset DATA -o DIR [--batch-size N]   # a corpus: one LoRA dir per video + index.jsonl
 frames2lora convert FILE.pt [--base ID_OR_DIR] -o DIR  # a reference Frames2LoRA checkpoint → a peft-hyper directory
 frames2lora app [--host H] [--port N] [--max-upload-mb N]   # the Gradio demo page (pip install 'peft-hyper[app]')
 """
@@ -341,6 +342,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_internalize_dataset(args: argparse.Namespace) -> int:
+    from .corpus import internalize_dataset
+
+    _check_output_dir(args.output, "-o/--output")
+    model = load_model(args.model)
+    start = time.perf_counter()
+    result = internalize_dataset(
+        model,
+        args.data,
+        args.output,
+        batch_size=args.batch_size,
+        num_frames=args.frames,
+        segment_frames=args.segment_frames,
+        max_rank=args.max_rank,
+        split=args.split,
+    )
+    print(
+        f"{len(result.written)} written, {len(result.skipped)} already done, {len(result.failed)} failed "
+        f"({time.perf_counter() - start:.1f}s); index: {result.index or 'written by the main process'}"
+    )
+    for video_id, error in list(result.failed.items())[:10]:
+        print(f"failed: {video_id}: {error}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert_reference import convert_reference_checkpoint
 
@@ -505,6 +531,20 @@ def build_parser() -> argparse.ArgumentParser:
         "the file); peft_hyper.testing.world:render_spec_video renders a synthetic-world `spec` column",
     )
     evaluate.set_defaults(func=cmd_eval)
+
+    corpus = sub.add_parser(
+        "internalize-dataset",
+        parents=[model_option],
+        help="one PEFT LoRA directory per video of a corpus, plus an index (sharded under `accelerate launch`)",
+    )
+    corpus.add_argument("data", help="a JSONL manifest with a `video` column, a saved dataset dir, or a dataset name")
+    corpus.add_argument("-o", "--output", required=True, help="output directory (adapters/, index.jsonl)")
+    corpus.add_argument("--split", default="train")
+    corpus.add_argument("--batch-size", type=_count, default=4, help="videos per VLM forward")
+    corpus.add_argument("--frames", type=_count, default=None, help="frames to sample (default: the checkpoint's)")
+    corpus.add_argument("--segment-frames", type=_count, default=None, help="internalize in segments of N frames")
+    corpus.add_argument("--max-rank", type=_count, default=None, help="cap each adapter's rank")
+    corpus.set_defaults(func=cmd_internalize_dataset)
 
     convert = sub.add_parser("convert", help="convert a reference Frames2LoRA .pt checkpoint (read safely)")
     convert.add_argument("checkpoint", help="e.g. frames2lora-smolvlm2-2.2b-best-ce.pt")

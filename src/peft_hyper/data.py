@@ -73,6 +73,13 @@ def video_key(source: Any) -> str | None:
     return None
 
 
+def looks_like_local_path(data: str) -> bool:
+    """Whether a `--data` string that does not exist was meant as a local path rather than a Hub dataset name
+    (`name` or `owner/name`): it starts with `.`, `/` or `~`, has more than one separator or a file suffix."""
+    suffix = Path(data).suffix[1:]
+    return data.startswith((".", "/", "~")) or "\\" in data or data.count("/") > 1 or suffix.isalpha()
+
+
 # ---------------------------------------------------------------------------------------------------------- manifests
 def load_manifest(path: str | os.PathLike, video_root: str | os.PathLike | None = None):
     """Load a reference-format JSONL manifest (`{id, video_path, prompt, task_type, target_text}` per line) as a

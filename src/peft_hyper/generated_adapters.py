@@ -137,18 +137,8 @@ class GeneratedAdapters:
         return state_dict
 
     def save(self, name: str, save_directory: str | os.PathLike) -> None:
-        """Write adapter `name` as a plain PEFT LoRA directory (`adapter_config.json` + `adapter_model.safetensors`)
-        into `save_directory`, which the caller has made (e.g. a staging directory)."""
-        from safetensors.torch import save_file
-
-        state_dict = self.state_dict(name)
-        check_finite(state_dict, f"adapter '{name}'")
-        save_file(state_dict, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
-        base_class = type(self.model)
-        self.config(name).save_pretrained(
-            str(save_directory),
-            auto_mapping_dict={"base_model_class": base_class.__name__, "parent_library": base_class.__module__},
-        )
+        """Write adapter `name` as a plain PEFT LoRA directory into `save_directory` (see `write_lora_directory`)."""
+        write_lora_directory(self.state_dict(name), self.config(name), type(self.model), save_directory)
 
     def delete(self, name: str) -> None:
         self._lora_model.delete_adapter(name)
@@ -198,6 +188,29 @@ class GeneratedAdapters:
     def set_training(self, mode: bool) -> None:
         if self._lora_model is not None:  # not a submodule of the tuner, so `nn.Module.train` does not reach it
             self._lora_model.training = mode
+
+
+def write_lora_directory(
+    state_dict: Mapping[str, torch.Tensor],
+    config: LoraConfig,
+    base_model_class: type,
+    save_directory: str | os.PathLike,
+) -> None:
+    """Write a PEFT LoRA state dict (file keys) and its `LoraConfig` as a plain PEFT LoRA directory
+    (`adapter_config.json` + `adapter_model.safetensors`, with the `auto_mapping` `AutoPeftModel` reads) into
+    `save_directory`, which the caller has made (e.g. a staging directory)."""
+    from safetensors.torch import save_file
+
+    check_finite(state_dict, "adapter")
+    tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
+    save_file(tensors, os.path.join(save_directory, "adapter_model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(
+        str(save_directory),
+        auto_mapping_dict={
+            "base_model_class": base_model_class.__name__,
+            "parent_library": base_model_class.__module__,
+        },
+    )
 
 
 def check_lora_state_dict(state_dict: Any, what: str) -> None:

@@ -39,7 +39,7 @@ from .errors import (
     InvalidSamplingError,
     MissingProcessorError,
 )
-from .generated_adapters import GeneratedAdapters, check_lora_state_dict
+from .generated_adapters import GeneratedAdapters, check_lora_state_dict, write_lora_directory
 from .hidden_states import split_decoder_module_name, stream_decoder_layer_inputs
 from .hypernetwork import HyperNetwork, LoraTarget
 from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_text_inputs, build_video_inputs
@@ -666,6 +666,16 @@ class HyperLoraModel(BaseTuner):
             raise ValueError(f"No generated adapter named '{adapter_name}'; resident: {self.generated_adapters}.")
         with atomic_directory(save_directory) as staging:
             self.adapters.save(adapter_name, staging)
+
+    def save_adapter_state_dict(self, state_dict: dict[str, torch.Tensor], save_directory: str | os.PathLike) -> None:
+        """Write a generated (or composed) adapter's state dict, without loading it, as the plain PEFT LoRA directory
+        `save_adapter` would write for it — whole or not at all."""
+        check_lora_state_dict(state_dict, "adapter")
+        rank = self._check_state_dict_shapes(state_dict)
+        targets = sorted(t.name for t in self.hypernetwork.targets)
+        config = build_lora_config(rank, targets, self.hyper_config.base_model_name_or_path)
+        with atomic_directory(save_directory) as staging:
+            write_lora_directory(state_dict, config, type(self.model), staging)
 
     @contextmanager
     def lora_factors_applied(self, factors: LoraFactors) -> Iterator[None]:

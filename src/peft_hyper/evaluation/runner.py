@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data import load_manifest, video_key
+from ..data import load_manifest, looks_like_local_path, video_key
 from ..errors import EvalDataError, EvalDataNotFoundError, OutputPathError, PeftHyperError, UsageError
 from ..video import Video, load_video
 from .metrics import JudgeFn, available_metrics, load_metric, per_item_scores
@@ -128,7 +128,7 @@ def _load_eval_data(data: str, split: str) -> Any:
         if not any((path / name).is_file() for name in saved):
             raise EvalDataError(f"The directory '{data}' is not a dataset saved with `save_to_disk`; {accepted}.")
         loaded = datasets.load_from_disk(str(path))
-    elif _looks_like_local_path(data):
+    elif looks_like_local_path(data):
         raise EvalDataNotFoundError(f"No file or directory at '{data}'; {accepted}.")
     else:
         try:
@@ -142,13 +142,6 @@ def _load_eval_data(data: str, split: str) -> Any:
             raise EvalDataError(f"'{data}' has no split '{split}'; available: {sorted(loaded)}. Pass --split.")
         return loaded[split]
     return loaded
-
-
-def _looks_like_local_path(data: str) -> bool:
-    """Whether a `--data` string that does not exist was meant as a local path rather than a Hub dataset name
-    (`name` or `owner/name`): it starts with `.`, `/` or `~`, has more than one separator or a file suffix."""
-    suffix = Path(data).suffix[1:]
-    return data.startswith((".", "/", "~")) or "\\" in data or data.count("/") > 1 or suffix.isalpha()
 
 
 class _PredictionCache:
