@@ -63,3 +63,41 @@ def test_train_hypernetwork_ships_a_loadable_checkpoint(tiny_base_dir, clips, tm
 
     model = AutoPeftModel.from_pretrained(output)
     assert len(model.generate_adapter(clips[0])) == 2 * len(model.base_model.hypernetwork.targets)
+
+
+def test_train_hypernetwork_reference_architecture_shared_clips_and_time_budget(tiny_base_dir, tmp_path):
+    """`--architecture frames2lora` sized by the heads options; `--video_dir` clips written once and reused by a second
+    run; `--max_minutes` stops training on time (here after the first step)."""
+    videos = tmp_path / "videos"
+    common = [sys.executable, str(SCRIPT), "--base", tiny_base_dir, "--video_dir", str(videos), "--train_clips", "3"]
+    common += ["--batch_size", "2", "--size", "32", "--num_frames", "4", "--objective", "ce"]
+    first = subprocess.run(
+        [*common, "--output", str(tmp_path / "a"), "--workdir", str(tmp_path / "wa"), "--max_steps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = {p.name: p.stat().st_mtime_ns for p in videos.glob("*.mp4")}
+    assert len(written) == 3 and not (tmp_path / "wa" / "train_videos").exists()
+
+    reference = ["--architecture", "frames2lora", "--num_heads", "2", "--head_dim", "16", "--num_key_value_heads", "1"]
+    output = tmp_path / "ref"
+    result = subprocess.run(
+        [*common, *reference, "--output", str(output), "--workdir", str(tmp_path / "wr")]
+        + ["--max_steps", "50", "--max_minutes", "1e-6"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "frames2lora: 1 of 50 steps" in result.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in videos.glob("*.mp4")} == written  # reused, not rewritten
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert (config["architecture"], config["num_heads"], config["head_dim"], config["num_key_value_heads"]) == (
+        "frames2lora",
+        2,
+        16,
+        1,
+    )
+    assert config["frame_sampling"] == "uniform" and config["position_encoding"] is False

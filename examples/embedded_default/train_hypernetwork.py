@@ -16,6 +16,14 @@ Main options: `--base` (the frozen VLM, from `train_base_vlm.py`; the shipped on
 `--internalize_generation_prompt` (what the hypernetwork reads the video under), `--num_latents`, `--rank`,
 `--rows_per_video`, `--threads`.
 
+`--architecture` chooses the hypernetwork (`HyperLoraConfig.architecture`): `peft-hyper` (the default, the shipped
+one's) or `frames2lora` (the reference's, sized by the same `--latent_dim`, `--num_latents`, `--num_blocks`,
+`--rank`, with `--num_heads`, `--head_dim` and `--num_key_value_heads` for its grouped-query attention). Both read
+the clips by `--frame_sampling` (default `uniform`: the world's clips hold exactly `--num_frames` frames).
+`--video_dir` keeps the clips elsewhere than `<workdir>/train_videos` and reuses the ones already there (the same
+seed writes the same clips), so that several runs can share them; `--max_minutes` stops training after that many
+minutes of it (the learning-rate schedule still follows `--max_steps`), for runs compared on the same time budget.
+
 The shipped hypernetwork is eleven stages of this script, each on new clips and each after the first continuing the
 one before: their commands, times and results are in docs/embedded_default.md ("Reproduce", and the results table
 of "Does it work?").
@@ -31,11 +39,11 @@ from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
-from transformers import AutoProcessor, SmolVLMForConditionalGeneration, TrainingArguments
+from transformers import AutoProcessor, SmolVLMForConditionalGeneration, TrainerCallback, TrainingArguments
 
 import peft_hyper
 from peft_hyper.config import PACKAGE_PATH_PREFIX
-from peft_hyper.testing.world import CAPTION_PROMPT, QA_KINDS, make_dataset
+from peft_hyper.testing.world import CAPTION_PROMPT, QA_KINDS, ClipSpec, make_dataset, write_clip
 
 
 def parse_task_weights(text: str) -> dict[str, float]:
@@ -51,15 +59,31 @@ def parse_task_weights(text: str) -> dict[str, float]:
     return weights
 
 
+class StopAfterMinutes(TrainerCallback):
+    """Stop training once `minutes` of it have passed (checked after every step)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.start = minutes * 60, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start >= self.seconds:
+            control.should_training_stop = True
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="outputs/base_vlm")
     parser.add_argument("--output", default="src/peft_hyper/checkpoints/frames2lora-synthetic")
     parser.add_argument("--workdir", default="outputs/hypernetwork")
+    parser.add_argument("--video_dir", help="where the training clips are written (default <workdir>/train_videos)")
     parser.add_argument("--train_clips", type=int, default=4000)
     parser.add_argument("--num_frames", type=int, default=12)
     parser.add_argument("--size", type=int, default=64, help="rendered frame size (px)")
     parser.add_argument("--max_steps", type=int, default=5000)
+    parser.add_argument("--max_minutes", type=float, help="stop training after this many minutes of it")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--objective", default="ce+kl", choices=["ce", "kl", "ce+kl"])
@@ -67,6 +91,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latent_dim", type=int, default=128)
     parser.add_argument("--num_blocks", type=int, default=3)
     parser.add_argument("--num_latents", type=int, default=32)
+    parser.add_argument("--architecture", default="peft-hyper", choices=["peft-hyper", "frames2lora"])
+    parser.add_argument("--num_heads", type=int, default=4, help="perceiver attention (query) heads")
+    parser.add_argument("--head_dim", type=int, default=32, help="width of each perceiver attention head")
+    parser.add_argument(
+        "--num_key_value_heads",
+        type=int,
+        help="key/value heads of the grouped-query attention (frames2lora only; default: --num_heads)",
+    )
+    parser.add_argument("--frame_sampling", default="uniform", choices=["uniform", "reference"])
     parser.add_argument("--target_modules", default=r".*text_model\.layers\.\d+\.(mlp\.down_proj|self_attn\.o_proj)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run and of the training clips")
     parser.add_argument(
@@ -107,8 +140,11 @@ def hyper_config(args: argparse.Namespace) -> peft_hyper.HyperLoraConfig:
         latent_dim=args.latent_dim,
         num_latents=args.num_latents,
         num_blocks=args.num_blocks,
-        num_heads=4,
-        head_dim=32,
+        architecture=args.architecture,
+        num_heads=args.num_heads,
+        head_dim=args.head_dim,
+        num_key_value_heads=args.num_key_value_heads,
+        frame_sampling=args.frame_sampling,
         num_frames=args.num_frames,
         init_scale_b=0.0,
         internalize_prompt=args.internalize_prompt,
@@ -123,14 +159,19 @@ def main() -> None:
     workdir = Path(args.workdir)
     start = time.perf_counter()
 
-    train = make_dataset(
-        args.train_clips,
-        seed=args.seed,
-        num_frames=args.num_frames,
-        size=args.size,
-        video_dir=workdir / "train_videos",
-        split="train",
-    )
+    train = make_dataset(args.train_clips, seed=args.seed, num_frames=args.num_frames, size=args.size, split="train")
+    video_dir = Path(args.video_dir or workdir / "train_videos")
+    written: dict[str, str] = {}
+
+    def video_path(row: dict) -> dict:  # write each clip once; keep one already in video_dir (same seed, same clip)
+        if row["clip_id"] not in written:
+            path = video_dir / f"{row['clip_id']}.mp4"
+            if not path.exists():
+                write_clip(ClipSpec.from_json(row["spec"]), path, args.num_frames, args.size)
+            written[row["clip_id"]] = str(path)
+        return {"video": written[row["clip_id"]]}
+
+    train = train.map(video_path)
     if not args.captions:
         train = train.filter(lambda row: row["task_type"] != "caption")
     if args.task_weights:
@@ -171,9 +212,15 @@ def main() -> None:
         objective=args.objective,
         kl_top_k=None,
         rows_per_video=args.rows_per_video or None,
+        callbacks=[StopAfterMinutes(args.max_minutes)] if args.max_minutes else None,
     )
+    train_start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if any((workdir / "run").glob("checkpoint-*")) else None)
     train_minutes = (time.perf_counter() - start) / 60
+    print(
+        f"{args.architecture}: {trainer.state.global_step} of {args.max_steps} steps in "
+        f"{(time.perf_counter() - train_start) / 60:.1f} min of training"
+    )
 
     output = Path(args.output)
     if output.exists():
