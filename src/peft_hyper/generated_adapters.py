@@ -69,10 +69,6 @@ class GeneratedAdapters:
     def config(self, name: str) -> LoraConfig:
         return self._lora_model.peft_config[name]
 
-    def modules_of(self, name: str) -> frozenset[str]:
-        """Names of the base-model modules that hold adapter `name`."""
-        return self._modules[name]
-
     @property
     def layers(self) -> list[LoraLayer]:
         """Every PEFT LoRA layer in the base model. Found again after each load or delete that changes the set of

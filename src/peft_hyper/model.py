@@ -270,9 +270,13 @@ class HyperLoraModel(BaseTuner):
         """The `peft.LoraConfig` that the adapters of the active hypernetwork belong to: the exact names of the modules
         the hypernetwork targets (never a regex, which could select more modules on another base) and a zero
         initialisation, so that stock PEFT leaves any module the adapter file lacks unchanged."""
-        config = self.hyper_config
+        return self._lora_config(self.hyper_config.total_rank)
+
+    def _lora_config(self, rank: int) -> LoraConfig:
+        """The `LoraConfig` of an adapter of rank `rank` (generated: the total rank; composed: any) for the active
+        hypernetwork's targets."""
         targets = sorted(t.name for t in self.hypernetwork.targets)
-        return build_lora_config(config.total_rank, targets, config.base_model_name_or_path)
+        return build_lora_config(rank, targets, self.hyper_config.base_model_name_or_path)
 
     @property
     def generated_adapters(self) -> list[str]:
@@ -626,9 +630,7 @@ class HyperLoraModel(BaseTuner):
         self._check_adapter_name(adapter_name)
         check_lora_state_dict(state_dict, f"adapter '{adapter_name}'")
         rank = self._check_state_dict_shapes(state_dict)
-        config = self.hyper_config
-        targets = sorted(t.name for t in self.hypernetwork.targets)
-        self.adapters.load(adapter_name, state_dict, build_lora_config(rank, targets, config.base_model_name_or_path))
+        self.adapters.load(adapter_name, state_dict, self._lora_config(rank))
         self.peft_config[adapter_name] = self.adapters.config(adapter_name)
         # re-apply the activation: injecting a new adapter may change PEFT's active adapter
         self.set_adapter(adapter_name if activate else self.active_adapter)
@@ -671,9 +673,7 @@ class HyperLoraModel(BaseTuner):
         """Write a generated (or composed) adapter's state dict, without loading it, as the plain PEFT LoRA directory
         `save_adapter` would write for it — whole or not at all."""
         check_lora_state_dict(state_dict, "adapter")
-        rank = self._check_state_dict_shapes(state_dict)
-        targets = sorted(t.name for t in self.hypernetwork.targets)
-        config = build_lora_config(rank, targets, self.hyper_config.base_model_name_or_path)
+        config = self._lora_config(self._check_state_dict_shapes(state_dict))
         with atomic_directory(save_directory) as staging:
             write_lora_directory(state_dict, config, type(self.model), staging)
 
