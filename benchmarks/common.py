@@ -213,18 +213,13 @@ def query_inputs(
 ) -> dict[str, torch.Tensor]:
     """Processor inputs of one user question, with the video in context (a `peft_hyper.Video`) or text only: the
     prompts `HyperLoraModel.video_inputs` / `text_inputs` build (`peft_hyper.inputs`), on `device` in `dtype`."""
-    from peft_hyper.inputs import build_text_inputs, build_video_inputs
+    from peft_hyper.inputs import build_text_inputs, build_video_inputs, to_model_inputs
 
     if video is None:
         batch = build_text_inputs(processor, question)
     else:
         batch = build_video_inputs(processor, [video], question, add_generation_prompt=True)
-    inputs = {}
-    for name in ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"):
-        if name in batch:
-            value = batch[name].to(device)
-            inputs[name] = value.to(dtype) if value.is_floating_point() else value
-    return inputs
+    return to_model_inputs(batch, device, dtype)
 
 
 def visual_tokens(inputs: dict[str, torch.Tensor], config: Any) -> int:

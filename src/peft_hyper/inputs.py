@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from .video import Video
@@ -61,6 +62,19 @@ class HypernetworkInputSpec:
         the sampling rule was an option stay valid)."""
         key = [self.prompt, self.generation_prompt, self.video_size, self.fps]
         return json.dumps(key if self.frame_sampling == "uniform" else [*key, self.frame_sampling])
+
+
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
+
+
+def to_model_inputs(batch: Any, device: torch.device | str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors of a processor `batch` that the VLM's forward takes, on `device`, floating ones cast to `dtype`."""
+    inputs = {}
+    for name in MODEL_INPUT_NAMES:
+        if name in batch:
+            value = batch[name].to(device)
+            inputs[name] = value.to(dtype) if value.is_floating_point() else value
+    return inputs
 
 
 def user_turn(text: str, video: Video | None = None) -> list[dict[str, Any]]:

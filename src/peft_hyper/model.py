@@ -42,14 +42,19 @@ from .errors import (
 from .generated_adapters import GeneratedAdapters, check_lora_state_dict, write_lora_directory
 from .hidden_states import split_decoder_module_name, stream_decoder_layer_inputs
 from .hypernetwork import HyperNetwork, LoraTarget
-from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_text_inputs, build_video_inputs
+from .inputs import (
+    HypernetworkInputSpec,
+    build_hypernetwork_inputs,
+    build_text_inputs,
+    build_video_inputs,
+    to_model_inputs,
+)
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .reference_hypernetwork import ReferenceHyperNetwork
 from .saving import atomic_directory
 from .video import Video, VideoInput, load_video, split_video
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
-_MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _RESERVED_SUBSTRINGS = ("lora_", "hypernetworks", "base_layer")
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -498,12 +503,7 @@ class HyperLoraModel(BaseTuner):
 
     def _on_device(self, batch: Any) -> dict[str, torch.Tensor]:
         param = next(self.model.parameters())
-        inputs = {}
-        for name in _MODEL_INPUT_NAMES:
-            if name in batch:
-                value = batch[name].to(param.device)
-                inputs[name] = value.to(param.dtype) if value.is_floating_point() else value
-        return inputs
+        return to_model_inputs(batch, param.device, param.dtype)
 
     # ------------------------------------------------------------------ video → LoRA
     @_serialized
