@@ -16,6 +16,7 @@ kill left without its index line is simply written again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .data import looks_like_local_path, video_key
 from .errors import EvalDataError, PeftHyperError
+from .model import HyperLoraModel
 from .saving import atomic_write_text
 from .video import Video
 
@@ -53,8 +55,6 @@ def adapter_dir_name(video_id: str) -> str:
     safe = _SAFE_ID.sub("_", video_id).strip("._") or "video"
     if safe == video_id:
         return safe
-    import hashlib
-
     return f"{safe[:80]}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
 
 
@@ -126,7 +126,7 @@ def internalize_dataset(
     `process_index` / `num_processes` default to accelerate's (`PartialState`), 0 / 1 without it. Videos that cannot
     be read are logged, listed in `failed.jsonl` and skipped; the others are still written.
     """
-    tuner = model if hasattr(model, "hypernetwork_inputs") else model.base_model
+    tuner = model if isinstance(model, HyperLoraModel) else model.base_model
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EvalDataError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
     if process_index is None or num_processes is None:
@@ -140,6 +140,9 @@ def internalize_dataset(
     adapters = output / "adapters"
     adapters.mkdir(parents=True, exist_ok=True)
     shard = output / f"index-{process_index:05d}-of-{num_processes:05d}.jsonl"
+    failed_log = output / ("failed.jsonl" if num_processes == 1 else f"failed-{process_index:05d}.jsonl")
+    for log in (shard, failed_log):
+        _end_cut_line(log)
     done = {entry["id"] for entry in _read_jsonl(output.glob("index-*-of-*.jsonl"))}
     mine = [pair for position, pair in enumerate(pairs) if position % num_processes == process_index]
     result = CorpusResult()
@@ -157,7 +160,7 @@ def internalize_dataset(
             try:
                 loaded.append((video_id, video, tuner.load_videos(video, num_frames)[0][0]))
             except PeftHyperError as exc:
-                _record_failure(result, output, process_index, num_processes, video_id, video, exc)
+                _record_failure(result, failed_log, video_id, video, exc)
         if loaded:
             state_dicts = tuner.generate_adapter(
                 [v for _, _, v in loaded], segment_frames=segment_frames, max_rank=max_rank
@@ -185,33 +188,35 @@ def internalize_dataset(
         merged = sorted(entries.values(), key=lambda entry: order.get(entry["id"], len(order)))
         result.index = atomic_write_text(output / "index.jsonl", "".join(json.dumps(e) + "\n" for e in merged))
     if result.failed:
-        logger.warning(f"{len(result.failed)} video(s) failed and were skipped; see {output / 'failed.jsonl'}.")
+        logger.warning(f"{len(result.failed)} video(s) failed and were skipped; see {failed_log}.")
     return result
 
 
-def _record_failure(
-    result: CorpusResult,
-    output: Path,
-    process_index: int,
-    num_processes: int,
-    video_id: str,
-    video: Any,
-    exc: Exception,
-) -> None:
+def _record_failure(result: CorpusResult, failed: Path, video_id: str, video: Any, exc: Exception) -> None:
     message = f"{type(exc).__name__}: {exc}"
     logger.warning(f"Skipping video '{video_id}': {message}")
     result.failed[video_id] = message
-    failed = output / ("failed.jsonl" if num_processes == 1 else f"failed-{process_index:05d}.jsonl")
     video_name = str(video) if isinstance(video, (str, os.PathLike)) else None
     _append_line(failed, {"id": video_id, "video": video_name, "error": message})
 
 
+def _end_cut_line(path: Path) -> None:
+    """End a last line that a kill cut short, so that the next line appended stands on its own (`_read_jsonl` then
+    ignores the cut one). Called once per run, before appending."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        cut = f.read(1) != b"\n"
+    if cut:
+        with path.open("a", encoding="utf-8") as f:
+            f.write("\n")
+
+
 def _append_line(path: Path, entry: dict[str, Any]) -> None:
-    """Append one JSON line and make it durable before going on (the index is what marks a video done). A line a kill
-    cut short is left on its own line, where `_read_jsonl` ignores it."""
-    cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    """Append one JSON line and make it durable before going on (the index is what marks a video done)."""
     with path.open("a", encoding="utf-8") as f:
-        f.write(("\n" if cut else "") + json.dumps(entry) + "\n")
+        f.write(json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
