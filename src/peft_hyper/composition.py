@@ -87,7 +87,9 @@ def compose_factors(
     num_videos = int(segment_video.max()) + 1
     segments_of = [torch.nonzero(segment_video == v).flatten() for v in range(num_videos)]
     if any(len(index) == 0 for index in segments_of):
-        raise ValueError(f"Every video 0…{num_videos - 1} needs a segment; got segment_video={segment_video.tolist()}.")
+        raise ValueError(
+            f"Every video 0…{num_videos - 1} needs a segment; got segment_video={segment_video.tolist()}."
+        )
     most = max(len(index) for index in segments_of)
     composed: Factors = {}
     for name, (lora_a, lora_b) in factors.items():
