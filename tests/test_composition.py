@@ -10,8 +10,8 @@ from peft import PeftModel, get_peft_model
 from transformers import SmolVLMForConditionalGeneration
 
 from peft_hyper import InvalidAdapterError, compose_adapters, load_video, split_video
-from peft_hyper.composition import truncation_errors
-from peft_hyper.lora import lora_state_dict_keys
+from peft_hyper.composition import compose_factors, truncation_errors
+from peft_hyper.lora import factors_to_state_dicts, lora_state_dict_keys
 
 R, BIAS = 4, 4  # small_config: rank 4 + bias rank 4
 
@@ -133,3 +133,28 @@ def test_internalize_command_writes_a_composed_adapter(clips, tmp_path, capsys):
     assert main(argv) == 0
     assert "rank 12" in capsys.readouterr().out
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 12
+
+
+def test_composed_factors_are_the_composed_adapters_of_each_video_and_carry_gradients(hyper_model, clips):
+    tuner = hyper_model.base_model
+    videos, _ = tuner.load_videos(clips[:2])
+    segments = split_video(videos[0], 1) + split_video(videos[1], 2)  # 4 segments of video 0, 2 of video 1
+    factors = tuner.generate_lora_factors(tuner.hypernetwork_inputs(segments), grad=True)
+    composed = compose_factors(factors, torch.tensor([0, 0, 0, 0, 1, 1]), BIAS)
+    name, (lora_a, lora_b) = next(iter(composed.items()))
+    assert lora_a.shape[:2] == (2, 4 * R + BIAS) and lora_b.shape[::2] == (2, 4 * R + BIAS)
+
+    parts = factors_to_state_dicts(factors)
+    expected = [compose_adapters(parts[:4], bias_rank=BIAS), compose_adapters(parts[4:], bias_rank=BIAS)]
+    per_video = [
+        {k: v.detach() for k, v in state_dict.items()}
+        for state_dict in factors_to_state_dicts({n: (a, b) for n, (a, b) in composed.items()})
+    ]
+    assert all(torch.equal(per_video[0][k], expected[0][k]) for k in expected[0])  # the same layout, bit for bit
+    for module in modules(expected[1]):  # video 1 is zero-padded to the batch's rank: the same ΔW
+        torch.testing.assert_close(delta(per_video[1], module), delta(expected[1], module), rtol=1e-6, atol=1e-7)
+
+    (lora_a.sum() + lora_b.sum()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tuner.hypernetwork.parameters())
+    with pytest.raises(ValueError, match="needs a segment"):
+        compose_factors(factors, torch.tensor([0, 0, 2, 2, 2, 2]), BIAS)

@@ -256,6 +256,38 @@ def test_rows_about_one_video_share_its_adapter(workdir, tmp_path):
         HyperLoraTrainer(model, training_args(tmp_path), train_dataset=dataset, rows_per_video=0)
 
 
+def test_training_through_composition_is_the_loss_of_the_composed_adapter(workdir, tmp_path):
+    model = make_model(workdir)
+    for name, param in model.named_parameters():
+        if name.endswith("scale_b"):  # non-zero generated ranks, so the segments' adapters matter
+            param.data.fill_(1.0)
+    tuner = model.base_model
+    dataset = load_manifest(workdir / "train.jsonl").select(range(2))
+    trainer = HyperLoraTrainer(
+        model, training_args(tmp_path, max_steps=2), train_dataset=dataset, segment_frames=2, num_frames=4
+    )
+    batch = trainer.data_collator([dataset[0], dataset[1]])
+    assert batch["segment_video"].tolist() == [0, 0, 1, 1] and batch["hyper_input_ids"].shape[0] == 4
+
+    model.eval()
+    with torch.no_grad():
+        for row in dataset:  # one row per batch: compute_loss's token mean is then that row's CE
+            trained = trainer.compute_loss(model, trainer.data_collator([row])).item()
+            tuner.internalize(row["video"], adapter_name="composed", segment_frames=2)  # rank 2·4 + 4
+            single = VideoTextCollator.from_model(model)([row])
+            served = model(**{k: single[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item()
+            assert trained == pytest.approx(served, rel=1e-5)
+    tuner.set_adapter("default")
+
+    model.train()
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logged)
+    with pytest.raises(ValueError, match="segment_frames=2"):
+        HyperLoraTrainer(model, training_args(tmp_path), train_dataset=dataset, segment_frames=2,
+                         data_collator=VideoTextCollator.from_model(model))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------------- bad input
 def test_bad_datasets_fail_before_training_and_bad_rows_are_counted(workdir, tmp_path):
     model = make_model(workdir)

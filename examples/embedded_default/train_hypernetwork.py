@@ -20,6 +20,10 @@ Main options: `--base` (the frozen VLM, from `train_base_vlm.py`; the shipped on
 one's) or `frames2lora` (the reference's, sized by the same `--latent_dim`, `--num_latents`, `--num_blocks`,
 `--rank`, with `--num_heads`, `--head_dim` and `--num_key_value_heads` for its grouped-query attention). Both read
 the clips by `--frame_sampling` (default `uniform`: the world's clips hold exactly `--num_frames` frames).
+`--long_videos N --long_frames 48,96 --segment_frames 12` adds N long videos per length of the long-video world
+(`peft_hyper.testing.long_world`: scenes of 12-16 frames; single-scene questions with a time cue, cross-scene counts
+and order, long captions) and trains through composition (`HyperLoraTrainer(segment_frames=...)`: every video, clips
+included, is cut into segments whose adapters are composed, as `generate_adapter(..., segment_frames=)` does).
 `--video_dir` keeps the clips elsewhere than `<workdir>/train_videos` and reuses the ones already there (the same
 seed writes the same clips), so that several runs can share them; `--max_minutes` stops training after that many
 minutes of it (the learning-rate schedule still follows `--max_steps`), for runs compared on the same time budget.
@@ -43,7 +47,10 @@ from transformers import AutoProcessor, SmolVLMForConditionalGeneration, Trainer
 
 import peft_hyper
 from peft_hyper.config import PACKAGE_PATH_PREFIX
+from peft_hyper.testing.long_world import LONG_QA_KINDS, make_long_dataset
 from peft_hyper.testing.world import CAPTION_PROMPT, QA_KINDS, ClipSpec, make_dataset, write_clip
+
+KINDS = (*QA_KINDS, *LONG_QA_KINDS, "caption")
 
 
 def parse_task_weights(text: str) -> dict[str, float]:
@@ -51,10 +58,8 @@ def parse_task_weights(text: str) -> dict[str, float]:
     weights = {}
     for part in filter(None, text.split(",")):
         kind, sep, value = part.partition("=")
-        if not sep or kind not in (*QA_KINDS, "caption"):
-            raise argparse.ArgumentTypeError(
-                f"expected KIND=WEIGHT with KIND in {(*QA_KINDS, 'caption')}, got {part!r}"
-            )
+        if not sep or kind not in KINDS:
+            raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT with KIND in {KINDS}, got {part!r}")
         weights[kind] = float(value)
     return weights
 
@@ -81,6 +86,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--video_dir", help="where the training clips are written (default <workdir>/train_videos)")
     parser.add_argument("--train_clips", type=int, default=4000)
     parser.add_argument("--num_frames", type=int, default=12)
+    parser.add_argument("--long_videos", type=int, default=0, help="long-world training videos per --long_frames")
+    parser.add_argument(
+        "--long_frames", type=lambda text: [int(v) for v in text.split(",")], default=[48], help="e.g. 48,96"
+    )
+    parser.add_argument("--segment_frames", type=int, help="train through adapters composed of segments this long")
     parser.add_argument("--size", type=int, default=64, help="rendered frame size (px)")
     parser.add_argument("--max_steps", type=int, default=5000)
     parser.add_argument("--max_minutes", type=float, help="stop training after this many minutes of it")
@@ -172,6 +182,15 @@ def main() -> None:
         return {"video": written[row["clip_id"]]}
 
     train = train.map(video_path)
+    if args.long_videos:
+        from datasets import concatenate_datasets
+
+        long_sets = [
+            make_long_dataset(args.long_videos, args.seed, frames, size=args.size, video_dir=video_dir, split="train")
+            for frames in args.long_frames
+        ]
+        columns = train.column_names
+        train = concatenate_datasets([train, *(d.select_columns(columns).cast(train.features) for d in long_sets)])
     if not args.captions:
         train = train.filter(lambda row: row["task_type"] != "caption")
     if args.task_weights:
@@ -212,6 +231,8 @@ def main() -> None:
         objective=args.objective,
         kl_top_k=None,
         rows_per_video=args.rows_per_video or None,
+        segment_frames=args.segment_frames,
+        num_frames=max(args.num_frames, *args.long_frames) if args.long_videos else None,
         callbacks=[StopAfterMinutes(args.max_minutes)] if args.max_minutes else None,
     )
     train_start = time.perf_counter()

@@ -9,7 +9,8 @@ once:
 
 which is one LoRA of rank `K·r + r_b`: the segments' generated ranks concatenated, then the shared bias block. PEFT's
 scaling is exactly 1 in our adapters (`lora_alpha = r`), so the concatenation is exact (Doc-to-LoRA's `combine_lora`
-does the same).
+does the same). `compose_factors` does the same on a batch of generated factors, with gradients, for training through
+composition (`HyperLoraTrainer(segment_frames=...)`).
 
 Serving engines cap LoRA rank (vLLM: `max_lora_rank`, at most 512). With `max_rank`, a composed adapter of higher rank is
 re-factored through the SVD of its ΔW (thin QR of A and B, then the SVD of the `K·r + r_b` square core, never the
@@ -28,6 +29,7 @@ from .generated_adapters import module_name_of_key
 from .lora import lora_state_dict_keys
 
 StateDict = dict[str, torch.Tensor]
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def compose_adapters(
@@ -62,6 +64,45 @@ def compose_adapters(
         if max_rank is not None and lora_a.shape[0] > max_rank:
             lora_a, lora_b, _ = _truncate(lora_a, lora_b, max_rank)
         composed[key_a], composed[key_b] = lora_a.contiguous(), lora_b.contiguous()
+    return composed
+
+
+def compose_factors(
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], segment_video: torch.Tensor, bias_rank: int
+) -> Factors:
+    """Compose a batch of segments' generated factors per video, differentiably (training through composition).
+
+    Args:
+        factors: name → (A `(N, r + bias_rank, in)`, B `(N, out, r + bias_rank)`) for `N` segments, as from
+            `HyperLoraModel.generate_lora_factors`.
+        segment_video: `(N,)` the video (0 … V-1) of each segment; a video's segments in time order.
+        bias_rank: the hypernetwork's bias rank.
+
+    Returns:
+        name → (A `(V, R, in)`, B `(V, out, R)`), `R = K·r + bias_rank` for the video with the most segments `K`:
+        video `v`'s segments' generated ranks, then zero ranks up to `K·r` (they add nothing: videos of fewer
+        segments share the batch's rank), then the bias block once — `compose_adapters` on each video's segments.
+    """
+    segment_video = segment_video.to(torch.long).cpu()
+    num_videos = int(segment_video.max()) + 1
+    segments_of = [torch.nonzero(segment_video == v).flatten() for v in range(num_videos)]
+    if any(len(index) == 0 for index in segments_of):
+        raise ValueError(
+            f"Every video 0…{num_videos - 1} needs a segment; got segment_video={segment_video.tolist()}."
+        )
+    most = max(len(index) for index in segments_of)
+    composed: Factors = {}
+    for name, (lora_a, lora_b) in factors.items():
+        rank = lora_a.shape[1] - bias_rank
+        parts_a, parts_b = [], []
+        for index in segments_of:
+            index = index.to(lora_a.device)
+            pad = (most - len(index)) * rank
+            gen_a = lora_a[index, :rank].reshape(-1, lora_a.shape[2])  # (K·r, in), segment-major as compose_adapters
+            gen_b = lora_b[index, :, :rank].permute(1, 0, 2).reshape(lora_b.shape[1], -1)  # (out, K·r)
+            parts_a.append(torch.cat([gen_a, lora_a.new_zeros(pad, lora_a.shape[2]), lora_a[index[0], rank:]]))
+            parts_b.append(torch.cat([gen_b, lora_b.new_zeros(lora_b.shape[1], pad), lora_b[index[0], :, rank:]], 1))
+        composed[name] = (torch.stack(parts_a), torch.stack(parts_b))
     return composed
 
 

@@ -6,6 +6,9 @@ collator decodes each row's video lazily with [`load_video`] and builds, per bat
 - the hypernetwork's inputs (`hyper_*`): each *distinct* video of the batch once, followed by the internalisation
   prompt, exactly as `HyperLoraModel.video_inputs` formats them at inference, and `video_index` `(B,)` saying which
   of those videos each row asks about (rows about the same video share one hypernetwork forward);
+- with `segment_frames`, each distinct video cut into consecutive segments instead (`split_video`: each segment's
+  prompt carries its frames' times in the whole video), and `segment_video` `(N,)` saying which video each segment
+  belongs to: the trainer composes the segments' adapters per video and trains through the composition;
 - the student's text-only inputs (`input_ids`, `attention_mask`, `labels`): the chat-formatted prompt followed by
   the target answer, with the prompt (and padding) masked to -100 in `labels` — no video in the student's context;
 - optionally the teacher's inputs (`teacher_*`): the video, the prompt and the same answer tokens, so that the
@@ -20,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -29,7 +32,7 @@ import torch
 from .errors import DatasetValidationError, InvalidRowError, InvalidSamplingError, ManifestError, PeftHyperError
 from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_video_inputs, text_prompt
 from .model import HyperLoraModel
-from .video import Video, load_video
+from .video import Video, load_video, split_video
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +257,9 @@ class VideoTextCollator:
             `loss_weight` is not a finite number >= 0) with a warning and counts it in the batch's `num_skipped`;
             `"raise"` fails at once naming the row.
         max_target_tokens: truncate answers to this many tokens (the end-of-utterance token included).
+        segment_frames: cut each video's sampled frames into segments of this many frames for the hypernetwork
+            (`spec.num_frames` sets how many frames a video gives, e.g. 192 for 16 segments of 12), and add
+            `segment_video`; `None` shows each video whole.
     """
 
     processor: Any
@@ -262,17 +268,23 @@ class VideoTextCollator:
     with_target: bool = True
     on_bad_row: Literal["skip", "raise"] = "skip"
     max_target_tokens: int | None = None
+    segment_frames: int | None = None
     num_skipped: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in ("skip", "raise"):
             raise ValueError(f"on_bad_row must be 'skip' or 'raise', got {self.on_bad_row!r}.")
+        frames = self.segment_frames
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
+            raise InvalidSamplingError(f"segment_frames must be a whole number >= 1 or None, got {frames!r}.")
 
     @classmethod
-    def from_model(cls, model: Any, **kwargs: Any) -> VideoTextCollator:
-        """A collator matching the active hypernetwork of `model` (a `PeftModel` or `HyperLoraModel`)."""
+    def from_model(cls, model: Any, num_frames: int | None = None, **kwargs: Any) -> VideoTextCollator:
+        """A collator matching the active hypernetwork of `model` (a `PeftModel` or `HyperLoraModel`); `num_frames`
+        overrides how many frames it samples per video (e.g. long videos cut into segments)."""
         tuner = model if isinstance(model, HyperLoraModel) else model.base_model
-        return cls(**{"processor": tuner.processor, "spec": tuner.input_spec, **kwargs})
+        spec = tuner.input_spec if num_frames is None else replace(tuner.input_spec, num_frames=num_frames)
+        return cls(**{"processor": tuner.processor, "spec": spec, **kwargs})
 
     @property
     def tokenizer(self) -> Any:
@@ -390,6 +402,11 @@ class VideoTextCollator:
         slot_of_video: dict[int, int] = {}  # id(Video) → position among the batch's distinct videos
         video_index = [slot_of_video.setdefault(id(video), len(slot_of_video)) for video in videos]
         distinct = list({id(video): video for video in videos}.values())
+        if self.segment_frames is not None:
+            segments = [split_video(video, self.segment_frames) for video in distinct]
+            distinct = [segment for parts in segments for segment in parts]
+            owners = [slot for slot, parts in enumerate(segments) for _ in parts]
+            batch["segment_video"] = torch.tensor(owners, dtype=torch.long)
         hyper = build_hypernetwork_inputs(self.processor, distinct, self.spec)
         for key, value in hyper.items():
             batch[f"hyper_{key}"] = value

@@ -10,6 +10,11 @@ video once (one no-grad VLM forward) and emits a LoRA adapter per video, shared 
   context (full vocabulary, or the teacher's top-K tokens renormalised);
 - `"ce+kl"`: their sum; plus an optional L1 penalty on the generated LoRA weights.
 
+With `segment_frames`, training goes through composition: each video is cut into segments, the hypernetwork emits one
+adapter per segment (all segments of a batch in one forward), and the student answers with the segments' adapters
+composed in rank space (`composition.compose_factors`, what `generate_adapter(..., segment_frames=)` does at inference),
+so that adapters learn to compose rather than being composed untrained.
+
 Checkpoints are PEFT `save_pretrained` directories (safetensors). A checkpoint counts as complete only once
 `checkpoint_complete.json` is written into it (atomically, after every rank finished writing and its files are
 fsynced); `resume_from_checkpoint=True` only picks complete checkpoints (transformers writes checkpoints in place, so a
@@ -38,6 +43,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
+from .composition import compose_factors
 from .data import IGNORE_INDEX, LOSS_WEIGHT_COLUMN, VideoGroupedSampler, VideoTextCollator, validate_dataset, video_key
 from .errors import InvalidRowError
 from .model import HyperLoraModel
@@ -157,6 +163,11 @@ class HyperLoraTrainer(Trainer):
         rows_per_video: shuffle training rows so that up to this many rows about the same video are adjacent (see
             [`VideoGroupedSampler`]): a batch's rows then share their video's hypernetwork forward. `None` shuffles
             rows independently. Needs a `datasets.Dataset` or list of rows with a `video` column.
+        segment_frames: train through composed adapters: each video (sampled at `num_frames`) is cut into segments
+            of this many frames and the loss is that of the segments' adapters composed (see the module docstring).
+            Sets the default collator's `segment_frames`; a collator passed in must have the same.
+        num_frames: frames the default collator samples per video (default: the hypernetwork's `num_frames`), e.g.
+            192 for long videos in segments of 12.
         kwargs: the remaining `Trainer` arguments (`callbacks`, `optimizers`, ...).
     """
 
@@ -175,6 +186,8 @@ class HyperLoraTrainer(Trainer):
         l1_penalty: float = 0.0,
         on_bad_row: Literal["skip", "raise"] = "skip",
         rows_per_video: int | None = None,
+        segment_frames: int | None = None,
+        num_frames: int | None = None,
         **kwargs: Any,
     ) -> None:
         if rows_per_video is not None and rows_per_video < 1:
@@ -210,7 +223,19 @@ class HyperLoraTrainer(Trainer):
         self.rows_per_video = rows_per_video
         self._freeze_base_model(model)
         if data_collator is None:
-            data_collator = VideoTextCollator.from_model(model, with_teacher=objective != "ce", on_bad_row=on_bad_row)
+            data_collator = VideoTextCollator.from_model(
+                model,
+                num_frames=num_frames,
+                with_teacher=objective != "ce",
+                on_bad_row=on_bad_row,
+                segment_frames=segment_frames,
+            )
+        elif segment_frames is not None and getattr(data_collator, "segment_frames", None) != segment_frames:
+            raise ValueError(
+                f"segment_frames={segment_frames!r} but the data collator cuts videos into segments of "
+                f"{getattr(data_collator, 'segment_frames', None)!r} frames; pass the same to both (or leave out "
+                "data_collator)."
+            )
         super().__init__(
             model=model,
             args=args,
@@ -272,6 +297,7 @@ class HyperLoraTrainer(Trainer):
         skipped = int(inputs.pop("num_skipped", 0) or 0)
         inputs.pop("row_ids", None)
         video_index = inputs.pop("video_index", None)
+        segment_video = inputs.pop("segment_video", None)
         row_weights = inputs.pop("loss_weights", None)
         if skipped and model.training:
             self.num_skipped_rows += skipped
@@ -286,6 +312,8 @@ class HyperLoraTrainer(Trainer):
 
         hyper_inputs = {key.removeprefix("hyper_"): v for key, v in inputs.items() if key.startswith("hyper_")}
         factors = tuner.generate_lora_factors(hyper_inputs, grad=torch.is_grad_enabled())
+        if segment_video is not None:  # one adapter per segment → one composed adapter per video
+            factors = compose_factors(factors, segment_video, tuner.hyper_config.bias_rank)
         if video_index is not None:  # one adapter per distinct video → one per row
             factors = {name: (a[video_index], b[video_index]) for name, (a, b) in factors.items()}
         with tuner.lora_factors_applied(factors):
