@@ -620,11 +620,12 @@ def _predict(
     def fits(prompt_tokens: int) -> bool:
         return max_positions is None or prompt_tokens + max_new_tokens <= max_positions
 
-    todo = [
-        item
+    known_too_long = {
+        item.id
         for item in items
-        if keys[item.id] not in cache.entries and fits(cache.prompt_tokens.get(keys[item.id], 0))
-    ]
+        if keys[item.id] in cache.prompt_tokens and not fits(cache.prompt_tokens[keys[item.id]])
+    }
+    todo = [item for item in items if keys[item.id] not in cache.entries and item.id not in known_too_long]
     donor = _derangement([item.id for item in items], videos, seed) if condition == "shuffled" else {}
     if condition == "bias_only" and todo:  # the same adapter for every item: load it once
         tuner.load_generated_adapter(tuner.generate_bias_adapter(), "eval000", activate=False)
