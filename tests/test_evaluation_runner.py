@@ -584,15 +584,29 @@ def test_segment_controls_are_reproducible_for_a_seed_and_change_with_it(checkpo
     sources = list(clips)
 
     def store(seed):
-        return runner._SegmentAdapters(tuner, runner.load_eval_video, sources, 8, None, 2, None, seed)
+        return runner._SegmentAdapters(tuner, runner.load_eval_video, sources, 4, None, 2, None, seed)
 
     first, again = store(0), store(0)
     assert first.donors() == again.donors()
     assert [first.chosen_segment(s) for s in sources] == [again.chosen_segment(s) for s in sources]
-    others = [store(seed) for seed in range(1, 6)]
+    others = [store(seed) for seed in range(1, 4)]
     assert any(other.donors() != first.donors() for other in others)
     assert any([o.chosen_segment(s) for s in sources] != [first.chosen_segment(s) for s in sources] for o in others)
-    assert all(first.donors()[s, k] != s for s in sources for k in range(4))  # 8 frames: 4 segments each
+    assert all(first.donors()[s, k] != s for s in sources for k in range(2))  # 4 frames: 2 segments each
+
+
+def test_segments_shuffled_refuses_a_position_only_one_video_has(checkpoint, clips):
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+
+    def loader(source, num_frames, size):  # "long" has 3 segments of 2 frames, "short" one
+        return runner.load_eval_video(clips[0] if source == "long" else clips[1], 6 if source == "long" else 2)
+
+    segments = runner._SegmentAdapters(model.base_model, loader, ["long", "short"], 6, None, 2, None, 0)
+    assert segments.adapter("one_segment", "long") is not None and segments.num_segments("short") == 1
+    with pytest.raises(EvalDataError, match="at least two videos with a segment at position 1"):
+        segments.adapter("segments_shuffled", "short")
 
 
 def test_prediction_cache_keys_carry_the_segment_settings_and_the_seed():
