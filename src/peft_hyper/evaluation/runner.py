@@ -644,12 +644,11 @@ def _predict(
                 batch, clips = [batch[i] for i in fitting], [clips[i] for i in fitting]
             prompts = [item.prompt for item in batch]
             answers = tuner.answer(prompts, videos=clips, max_new_tokens=max_new_tokens) if batch else []
-        elif condition == "no_video":
-            prompts = [item.prompt for item in batch]
-            answers = tuner.answer(prompts, adapter_names="__base__", max_new_tokens=max_new_tokens)
         else:
             prompts = [item.prompt for item in batch]
-            if condition == "bias_only":
+            if condition == "no_video":
+                names = ["__base__"] * len(batch)
+            elif condition == "bias_only":
                 names = ["eval000"] * len(batch)
             else:
                 # One adapter per distinct video of the batch (questions about the same clip share it: the point of
