@@ -167,6 +167,54 @@ def test_eval_renders_spec_rows_with_the_world_video_loader(spec_dataset, tmp_pa
     assert results["excluded"] == {} and set(results["predictions"]) == {"in_context@2", "adapter@2", "no_video@2"}
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            ["--controls", "no_video,segments_shuffled"],
+            "['segments_shuffled'] recombine each video's segment adapters",
+        ),
+        (["--controls", "one_segment"], "pass segment_frames (--segment-frames N)"),
+        (["--max-rank", "64"], "max_rank (--max-rank) caps the rank of composed adapters"),
+        (["--reference", "composed"], "'composed' needs segment_frames (--segment-frames N)"),
+    ],
+)
+def test_eval_segment_options_without_segment_frames_are_refused_before_loading(
+    manifest, tmp_path, capsys, no_model, options, message
+):
+    argv = ["eval", "--data", str(manifest), "--margin", "0.05", "--out", str(tmp_path / "r"), *options]
+    assert message in user_error(capsys, argv)
+
+
+def test_eval_with_segment_frames_adds_the_composed_conditions(manifest, tmp_path, capsys, tiny_model):
+    out = tmp_path / "report"
+    argv = ["eval", "--data", str(manifest), "--margin", "0.1", "--frames", "4", "--segment-frames", "2"]
+    argv += ["--max-rank", "10", "--controls", "one_segment", "--reference", "adapter", "--max-new-tokens", "1"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["predictions"]) == {"adapter@4", "in_context@4", "composed@4", "one_segment@4"}
+    assert results["baseline"] == "adapter"
+    assert results["metadata"]["segment_frames"] == 2 and results["metadata"]["max_rank"] == 10
+    assert set(results["benchmarks"][0]["comparisons"]) == {"in_context", "composed", "one_segment"}
+
+
+def test_eval_says_where_the_video_in_context_does_not_fit(manifest, tmp_path, capsys, tiny_model, loaded):
+    text_config = loaded.base_model.model.config.get_text_config()
+    limit = text_config.max_position_embeddings
+    text_config.max_position_embeddings = 64  # shorter than any prompt with 2 frames in context
+    try:
+        argv = ["eval", "--data", str(manifest), "--margin", "0.1", "--frames", "2", "--controls", "no_video"]
+        argv += ["--max-new-tokens", "1", "--out", str(tmp_path / "report")]
+        line = user_error(capsys, argv)
+        assert "3 of 3 items do not fit the base at 2 frames" in line and "--reference adapter" in line
+        assert cli.main([*argv, "--reference", "adapter"]) == 0
+    finally:
+        text_config.max_position_embeddings = limit
+    captured = capsys.readouterr()
+    assert "in_context not run for 3 of 3 item(s) at 2 frames" in captured.err
+    assert "## Not run" in captured.out and "+ 1 new tokens > the base's 64 positions" in captured.out
+
+
 # --- checkpoints and adapter directories
 
 
@@ -270,6 +318,10 @@ def test_no_model_and_no_embedded_default(clips, capsys, monkeypatch):
         (["eval", "--margin", "-0.05"], "--margin"),
         (["eval", "--metrics", "exact_match,bleu9000"], "--metrics"),
         (["eval", "--controls", "no_video,nothing"], "--controls"),
+        (["eval", "--controls", "one_segment,segments"], "--controls"),
+        (["eval", "--segment-frames", "0"], "--segment-frames"),
+        (["eval", "--segment-frames", "12", "--max-rank", "-8"], "--max-rank"),
+        (["eval", "--reference", "no_video"], "--reference"),
         (["ask", "VIDEO", "q", "--frames", "0"], "--frames"),
         (["ask", "VIDEO", "q", "--frames", "-2"], "--frames"),
         (["ask", "VIDEO", "q", "--max-new-tokens", "0"], "--max-new-tokens"),

@@ -9,6 +9,7 @@ import pytest
 from peft_hyper.evaluation.report import (
     BenchmarkResult,
     EvaluationResults,
+    NotRun,
     holm_adjust_results,
     load_results,
     render_markdown,
@@ -175,3 +176,30 @@ def test_degenerate_comparisons_are_marked_not_ticked(tmp_path):
     assert "- no_video / exact_match: degenerate — every item has Δ = 0.000" in report
     data = json.loads(files.json.read_text(encoding="utf-8"))
     assert data["benchmarks"][0]["comparisons"]["no_video"]["exact_match"]["degenerate"] is True
+
+
+def test_conditions_not_run_are_listed_and_round_trip(tmp_path):
+    """The video in context did not fit the base for some items: said before the tables, kept in results.json; a
+    comparison on those fewer items has its own baseline mean without the 'not the same items?' note."""
+    not_run = NotRun("in_context", 1024, None, 40, 80, "prompts of 29,765 tokens + 16 new tokens > 8,192 positions")
+    benchmark = BenchmarkResult(
+        "long",
+        {
+            "composed": {"exact_match": _comparison(0, 0.0)},
+            "in_context": {"exact_match": _comparison(1, -0.2, baseline_seed=1, n=40)},
+        },
+    )
+    results = EvaluationResults(benchmarks=[benchmark], baseline="adapter", not_run=[not_run])
+    files = write_report(results, tmp_path)
+    report = files.markdown.read_text(encoding="utf-8")
+    assert "## Not run" in report
+    assert (
+        "| in_context | 1024 | native | 40 of 80 | prompts of 29,765 tokens + 16 new tokens > 8,192 positions |"
+        in report
+    )
+    assert report.index("## Not run") < report.index("## long")
+    assert "n = 40, 80 items (differs by condition/metric)" in report and "mean differs" not in report
+    row = next(line for line in report.splitlines() if line.startswith("| exact_match |"))
+    assert row.split("|")[3].strip() == f"{_comparison(0, 0.0).mean_baseline:.3f}"  # the reference on all items
+    assert load_results(files.json) == results
+    assert json.loads(files.json.read_text(encoding="utf-8"))["not_run"][0]["items"] == 40

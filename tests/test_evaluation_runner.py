@@ -412,3 +412,354 @@ def test_videos_are_sampled_as_the_evaluated_hypernetwork_reads_them(vlm, clips,
     items = [EvalItem(id=str(i), video=clip, prompt="what moves?", references=["x"]) for i, clip in enumerate(clips)]
     evaluate_adapters(model, items, margin=0.05, controls=[], frames=[4], max_new_tokens=2, progress=False)
     assert seen and set(seen) == {4.0}
+
+
+# --- segmented internalization: composed adapters and their controls
+
+SEGMENTS = dict(frames=[4], segment_frames=2)  # each clip's 4 sampled frames in 2 segments of 2
+R, BIAS = 4, 4  # small_config: rank 4, bias rank 4
+
+
+def _segment_items(clips) -> list[EvalItem]:
+    questions = ("what colour is it?", "which way does it move?")
+    return [
+        EvalItem(id=f"{c}-{q}", video=clip, prompt=question, references=["x"])
+        for c, clip in enumerate(clips)
+        for q, question in enumerate(questions)
+    ]
+
+
+def _own_ranks(state_dict: dict) -> dict:
+    """The video-dependent ranks of a (composed) adapter: every rank but the trailing bias block."""
+    return {key: value[:-BIAS] if ".lora_A." in key else value[:, :-BIAS] for key, value in state_dict.items()}
+
+
+def _record_segment_adapters(patch: pytest.MonkeyPatch) -> dict[tuple[str, str], dict]:
+    """(condition, video) → the adapter a segment condition loaded for that video, filled as the evaluation runs."""
+    loaded: dict[tuple[str, str], dict] = {}
+    adapter = runner._SegmentAdapters.adapter
+
+    def recording(self, condition, source):
+        loaded[condition, source] = adapter(self, condition, source)
+        return loaded[condition, source]
+
+    patch.setattr(runner._SegmentAdapters, "adapter", recording)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def segment_run(checkpoint, clips):
+    """One evaluation with every segment condition: the run, the adapter each segment condition loaded for each
+    video, and each clip's segment adapters generated on their own."""
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    with pytest.MonkeyPatch.context() as patch:
+        loaded = _record_segment_adapters(patch)
+        run = evaluate_adapters(
+            model,
+            _segment_items(clips),
+            metrics=["exact_match"],
+            margin=0.1,
+            max_new_tokens=3,
+            progress=False,
+            **SEGMENTS,
+        )
+    tuner = model.base_model
+    parts = {clip: tuner.generate_segment_adapters(runner.load_eval_video(clip, 4), 2) for clip in clips}
+    return model, run, loaded, parts
+
+
+def test_segment_frames_adds_composed_and_its_controls(segment_run):
+    _, run, loaded, _ = segment_run
+    assert set(run.predictions) == {
+        f"{c}@4"
+        for c in (
+            "in_context",
+            "adapter",
+            "composed",
+            "no_video",
+            "bias_only",
+            "shuffled",
+            "segments_shuffled",
+            "one_segment",
+        )
+    }
+    assert set(run.results.benchmarks[0].comparisons) == set(runner.ALL_CONDITIONS) - {"in_context"}
+    assert run.results.metadata["segment_frames"] == 2
+    assert {condition for condition, _ in loaded} == set(runner.SEGMENT_CONDITIONS)
+
+
+def test_composed_condition_answers_with_the_adapter_of_generate_adapter_by_segments(segment_run, clips):
+    import torch
+
+    model, run, loaded, _ = segment_run
+    tuner = model.base_model
+    for clip in clips:
+        expected = tuner.generate_adapter(runner.load_eval_video(clip, 4), segment_frames=2)
+        assert expected.keys() == loaded["composed", clip].keys()
+        assert all(torch.equal(loaded["composed", clip][key], value) for key, value in expected.items())
+        tuner.load_generated_adapter(expected, "check", activate=False)
+        items = [item for item in _segment_items(clips) if item.video == clip]
+        answers = tuner.answer([item.prompt for item in items], adapter_names="check", max_new_tokens=3)
+        assert answers == [run.predictions["composed@4"][item.id] for item in items]
+    tuner.set_adapter(tuner.active_hypernetwork)
+
+
+def test_composed_condition_with_max_rank_is_generate_adapter_with_max_rank(checkpoint, clips, monkeypatch):
+    import torch
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    tuner = model.base_model
+    loaded = _record_segment_adapters(monkeypatch)
+    items = _segment_items(clips[:2])[::2]  # one question per clip
+    run = evaluate_adapters(
+        model,
+        items,
+        metrics=["exact_match"],
+        margin=0.1,
+        controls=[],
+        max_new_tokens=3,
+        progress=False,
+        max_rank=10,
+        reference="composed",
+        **SEGMENTS,
+    )
+    assert run.results.baseline == "composed"
+    assert set(run.results.benchmarks[0].comparisons) == {"in_context", "adapter"}
+    for item in items:
+        expected = tuner.generate_adapter(runner.load_eval_video(item.video, 4), segment_frames=2, max_rank=10)
+        composed = loaded["composed", item.video]
+        assert {value.shape[0] for key, value in composed.items() if ".lora_A." in key} == {10}  # 2·4 + 4 capped
+        assert composed.keys() == expected.keys()
+        assert all(torch.equal(composed[key], value) for key, value in expected.items())
+
+
+def test_segments_shuffled_keeps_each_position_and_takes_it_from_another_video(segment_run, clips):
+    import torch
+
+    _, _, loaded, parts = segment_run
+    donors_seen = set()
+    for clip in clips:
+        adapter = _own_ranks(loaded["segments_shuffled", clip])
+        for position in range(2):
+            block = {
+                key: value[position * R : (position + 1) * R]
+                if ".lora_A." in key
+                else value[:, position * R : (position + 1) * R]
+                for key, value in adapter.items()
+            }
+            donors = [
+                other
+                for other in clips
+                if all(torch.equal(block[key], value) for key, value in _own_ranks(parts[other][position]).items())
+            ]
+            assert len(donors) == 1 and donors[0] != clip  # another video's segment at the same position
+            donors_seen.add((position, donors[0]))
+        bias = {key: value for key, value in loaded["segments_shuffled", clip].items()}
+        for key, value in parts[clip][0].items():  # the bias block once, as in a composed adapter
+            tail = bias[key][-BIAS:] if ".lora_A." in key else bias[key][:, -BIAS:]
+            assert torch.equal(tail, value[-BIAS:] if ".lora_A." in key else value[:, -BIAS:])
+    assert len(donors_seen) == 6  # every video donates at every position (a derangement per position)
+
+
+def test_one_segment_is_one_of_the_video_s_own_segments_alone(segment_run, clips):
+    import torch
+
+    _, _, loaded, parts = segment_run
+    for clip in clips:
+        adapter = loaded["one_segment", clip]
+        matches = [
+            k for k, part in enumerate(parts[clip]) if all(torch.equal(adapter[key], part[key]) for key in part)
+        ]
+        assert len(matches) == 1
+
+
+def test_segment_controls_are_reproducible_for_a_seed_and_change_with_it(checkpoint, clips):
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    tuner = model.base_model
+    sources = list(clips)
+
+    def store(seed):
+        return runner._SegmentAdapters(tuner, runner.load_eval_video, sources, 4, None, 2, None, seed)
+
+    first, again = store(0), store(0)
+    assert first.donors() == again.donors()
+    assert [first.chosen_segment(s) for s in sources] == [again.chosen_segment(s) for s in sources]
+    others = [store(seed) for seed in range(1, 4)]
+    assert any(other.donors() != first.donors() for other in others)
+    assert any([o.chosen_segment(s) for s in sources] != [first.chosen_segment(s) for s in sources] for o in others)
+    assert all(first.donors()[s, k] != s for s in sources for k in range(2))  # 4 frames: 2 segments each
+
+
+def test_segments_shuffled_refuses_a_position_only_one_video_has(checkpoint, clips):
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+
+    def loader(source, num_frames, size):  # "long" has 3 segments of 2 frames, "short" one
+        return runner.load_eval_video(clips[0] if source == "long" else clips[1], 6 if source == "long" else 2)
+
+    segments = runner._SegmentAdapters(model.base_model, loader, ["long", "short"], 6, None, 2, None, 0)
+    assert segments.adapter("one_segment", "long") is not None and segments.num_segments("short") == 1
+    with pytest.raises(EvalDataError, match="at least two videos with a segment at position 1"):
+        segments.adapter("segments_shuffled", "short")
+
+
+def test_prediction_cache_keys_carry_the_segment_settings_and_the_seed():
+    item = EvalItem(id="1", video="clip.mp4", prompt="what?", references=["x"])
+
+    def key(condition, **settings):
+        return runner._PredictionCache(None, "base", "|hyper", **settings).key(condition, 12, None, item)
+
+    for condition in runner.SEGMENT_CONDITIONS:
+        keys = {
+            key(condition, segment_frames=4),
+            key(condition, segment_frames=6),
+            key(condition, segment_frames=4, max_rank=8),
+        }
+        assert len(keys) == 3
+    for condition in ("in_context", "adapter", "no_video", "bias_only"):  # the whole-video conditions do not change
+        assert key(condition) == key(condition, segment_frames=4, max_rank=8, seed=3)
+    for condition in runner.SEEDED_CONDITIONS:
+        assert key(condition, segment_frames=4) != key(condition, segment_frames=4, seed=1)
+    # seed 0 keeps the key of caches written before seeds were keyed
+    assert key("shuffled") == runner._PredictionCache(None, "base", "|hyper").key("shuffled", 12, None, item)
+
+
+def test_a_rerun_with_other_segments_regenerates_only_the_segment_conditions(checkpoint, clips, tmp_path, monkeypatch):
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    tuner = model.base_model
+    items = _segment_items(clips[:2])[::2]
+    kwargs = dict(metrics=["exact_match"], margin=0.1, max_new_tokens=2, progress=False, output_dir=tmp_path)
+    kwargs.update(controls=["one_segment"], frames=[4])
+    evaluate_adapters(model, items, segment_frames=2, **kwargs)
+    calls = {"segments": 0, "whole": 0, "in_context": 0}
+    generate_segment_adapters, generate_adapter, answer = (
+        tuner.generate_segment_adapters,
+        tuner.generate_adapter,
+        tuner.answer,
+    )
+
+    def counted_segments(*args, **kw):
+        calls["segments"] += 1
+        return generate_segment_adapters(*args, **kw)
+
+    def counted_whole(*args, **kw):
+        calls["whole"] += 1
+        return generate_adapter(*args, **kw)
+
+    def counted_answer(*args, **kw):
+        calls["in_context"] += kw.get("videos") is not None
+        return answer(*args, **kw)
+
+    monkeypatch.setattr(tuner, "generate_segment_adapters", counted_segments)
+    monkeypatch.setattr(tuner, "generate_adapter", counted_whole)
+    monkeypatch.setattr(tuner, "answer", counted_answer)
+    evaluate_adapters(model, items, segment_frames=2, **kwargs)
+    assert calls == {"segments": 0, "whole": 0, "in_context": 0}  # all cached
+    evaluate_adapters(model, items, segment_frames=4, **kwargs)
+    assert calls == {"segments": 2, "whole": 0, "in_context": 0}  # once per video, for composed and one_segment
+    evaluate_adapters(model, items, segment_frames=4, max_rank=6, **kwargs)
+    assert calls == {"segments": 4, "whole": 0, "in_context": 0}
+
+
+# --- the video in context where it does not fit the base
+
+
+def _prompt_lengths(tuner, clip, frames, prompts) -> list[int]:
+    video = runner.load_eval_video(clip, frames)
+    return [tuner.video_inputs([video], [prompt])["input_ids"].shape[1] for prompt in prompts]
+
+
+@pytest.fixture
+def short_base(checkpoint, clips):
+    """The tiny model with its maximum length set between the prompts of a short and a long question about 4 frames:
+    at 2 frames both fit, at 4 only the short one, at 8 neither."""
+    from peft import AutoPeftModel
+
+    model = AutoPeftModel.from_pretrained(checkpoint).eval()
+    tuner = model.base_model
+    prompts = ["what?", "which of the shapes that appear in the clip moves to the left and which one stays still?"]
+    at = {frames: _prompt_lengths(tuner, clips[0], frames, prompts) for frames in (2, 4, 8)}
+    new_tokens = 2
+    limit = at[4][0] + new_tokens
+    assert at[2][1] + new_tokens <= limit < at[4][1] + new_tokens and at[8][0] + new_tokens > limit
+    tuner.model.config.get_text_config().max_position_embeddings = limit
+    items = [
+        EvalItem(id=f"{c}-{q}", video=clip, prompt=prompt, references=["x"])
+        for c, clip in enumerate(clips)
+        for q, prompt in enumerate(prompts)
+    ]
+    return model, items, limit
+
+
+def test_in_context_prompts_longer_than_the_base_are_not_run_and_reported(short_base, tmp_path, monkeypatch):
+    model, items, limit = short_base
+    kwargs = dict(metrics=["exact_match"], margin=0.1, controls=["no_video"], max_new_tokens=2, progress=False)
+    run = evaluate_adapters(model, items, frames=[4, 2], output_dir=tmp_path, **kwargs)
+    long_ids = {item.id for item in items if item.id.endswith("-1")}
+    assert set(run.not_run) == {"in_context@4"} and set(run.not_run["in_context@4"]) == long_ids
+    assert set(run.predictions["in_context@4"]) == {item.id for item in items} - long_ids
+    assert len(run.predictions["in_context@2"]) == len(items) == len(run.predictions["adapter@4"])
+    (record,) = run.results.not_run
+    assert (record.condition, record.frames, record.items, record.total) == ("in_context", 4, 3, 6)
+    assert f"{limit:,} positions" in record.reason
+    benchmark = run.results.benchmarks[0]
+    assert {c.n for c in benchmark.comparisons["adapter"].values()} == {3}  # paired on the items that fit
+    assert {c.n for c in benchmark.by_frame_count[2]["adapter"].values()} == {6}
+    report = run.report.markdown.read_text()
+    assert "## Not run" in report and "| in_context | 4 | native | 3 of 6 |" in report
+    results = json.loads(run.report.json.read_text())
+    assert set(results["not_run_items"]["in_context@4"]) == long_ids
+    assert len(results["predictions"]["in_context@4"]) == 3
+
+    def no_processing(*args, **kwargs):
+        raise AssertionError("prompts known not to fit must not be processed again")
+
+    monkeypatch.setattr(model.base_model, "video_inputs", no_processing)
+    rerun = evaluate_adapters(model, items, frames=[4, 2], output_dir=tmp_path, **kwargs)
+    assert rerun.not_run == run.not_run and rerun.predictions == run.predictions
+
+
+def test_without_an_in_context_reference_the_conditions_are_compared_with_each_other(short_base):
+    model, items, _ = short_base
+    kwargs = dict(metrics=["exact_match"], margin=0.1, controls=["no_video"], max_new_tokens=2, progress=False)
+    with pytest.raises(UsageError, match=r"6 of 6 items do not fit the base at 8 frames .*--reference adapter"):
+        evaluate_adapters(model, items, frames=[8, 4], **kwargs)
+    run = evaluate_adapters(model, items, frames=[8, 4], reference="adapter", **kwargs)
+    assert run.results.baseline == "adapter"
+    benchmark = run.results.benchmarks[0]
+    assert set(benchmark.comparisons) == {"no_video"}  # in context ran for no item at 8 frames
+    assert set(benchmark.by_frame_count) == {4} and set(benchmark.by_frame_count[4]) == {"in_context"}
+    assert {c.n for c in benchmark.by_frame_count[4]["in_context"].values()} == {3}
+    assert [(r.frames, r.items) for r in run.results.not_run] == [(8, 6), (4, 3)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(controls=["segments_shuffled"]), r"\['segments_shuffled'\] recombine .*\(--segment-frames N\)"),
+        (dict(controls=["one_segment", "no_video"]), r"\['one_segment'\] recombine"),
+        (dict(max_rank=8), "max_rank .* caps the rank of composed adapters"),
+        (dict(reference="composed"), "'composed' needs segment_frames"),
+        (dict(reference="no_video", segment_frames=4), r"reference must be one of \['in_context', 'adapter', 'comp"),
+        (dict(segment_frames=0), "segment_frames must be a whole number >= 1"),
+        (dict(segment_frames=4, max_rank=True), "max_rank must be a whole number >= 1"),
+        (dict(controls=["segments"]), r"Unknown control\(s\) \['segments'\]"),
+    ],
+)
+def test_segment_settings_that_cannot_work(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        evaluate_adapters(None, [], margin=0.1, **kwargs)  # refused before the model or the data are touched
+
+
+def test_default_controls_follow_segment_frames():
+    assert runner.check_conditions(None) == list(runner.CONTROLS)
+    assert runner.check_conditions(None, segment_frames=12) == [*runner.CONTROLS, *runner.SEGMENT_CONTROLS]
+    assert runner.check_conditions(["no_video"], "composed", 12, 64) == ["no_video"]

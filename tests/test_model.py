@@ -461,3 +461,22 @@ def test_video_inputs_pad_left_for_batched_generation(vlm, clips):
     assert left[0, 0] == 0 and left[0, -1] == 1 and left[1].all()
     assert right[0, 0] == 1 and right[0, -1] == 0
     assert tuner.processor.tokenizer.padding_side == side  # a per-call option, the tokenizer is left as it was
+
+
+def test_generate_segment_adapters_returns_the_parts_generate_adapter_composes(hyper_model, clips):
+    from peft_hyper.errors import InvalidSamplingError
+
+    hyper_model.eval()
+    tuner = hyper_model.base_model
+    parts = tuner.generate_segment_adapters(clips[0], 4, num_frames=16, segment_batch_size=3)
+    assert len(parts) == 4
+    bias = tuner.hyper_config.bias_rank
+    for part in parts[1:]:  # the input-independent block, the same in every segment
+        for key, value in part.items():
+            tail = value[-bias:] if ".lora_A." in key else value[:, -bias:]
+            assert torch.equal(tail, parts[0][key][-bias:] if ".lora_A." in key else parts[0][key][:, -bias:])
+    composed = tuner.generate_adapter(clips[0], num_frames=16, segment_frames=4, segment_batch_size=3)
+    by_parts = tuner.compose_adapters(parts)
+    assert all(torch.equal(by_parts[key], value) for key, value in composed.items())
+    with pytest.raises(InvalidSamplingError, match="segment_batch_size"):
+        tuner.generate_segment_adapters(clips[0], 4, segment_batch_size=0)

@@ -6,6 +6,7 @@ frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the vid
 frames2lora internalize VIDEO -o DIR [--segment-frames N] [--max-rank R]   # segments composed in rank space
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
                  [--video-loader MODULE:FUNCTION]      # e.g. peft_hyper.testing.world:render_spec_video
+                 [--segment-frames N [--max-rank R]] [--reference in_context|adapter|composed]
 frames2lora internalize-dataset DATA -o DIR [--batch-size N]   # a corpus: one LoRA dir per video + index.jsonl
 frames2lora convert FILE.pt [--base ID_OR_DIR] -o DIR  # a reference Frames2LoRA checkpoint → a peft-hyper directory
 frames2lora app [--host H] [--port N] [--max-upload-mb N]   # the Gradio demo page (pip install 'peft-hyper[app]')
@@ -313,9 +314,16 @@ def cmd_internalize(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.runner import check_video_loader, evaluate_adapters, import_video_loader, load_eval_items
+    from .evaluation.runner import (
+        check_conditions,
+        check_video_loader,
+        evaluate_adapters,
+        import_video_loader,
+        load_eval_items,
+    )
 
     _check_output_dir(args.out, "--out")
+    controls = check_conditions(args.controls, args.reference, args.segment_frames, args.max_rank)
     video_loader = import_video_loader(args.video_loader) if args.video_loader else None
     items = load_eval_items(args.data, split=args.split)  # before the model: bad data fails in a second
     if args.limit is not None:
@@ -327,7 +335,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         items,
         metrics=args.metrics,
         margin=args.margin,
-        controls=args.controls,
+        controls=controls,
         frames=args.frames,
         sizes=args.sizes,
         max_new_tokens=args.max_new_tokens,
@@ -335,10 +343,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         output_dir=args.out,
         seed=args.seed,
         video_loader=video_loader,
+        segment_frames=args.segment_frames,
+        max_rank=args.max_rank,
+        reference=args.reference,
     )
     print(run.report.markdown.read_text(encoding="utf-8"))
     if run.excluded:
         print(f"{len(run.excluded)} item(s) excluded (unreadable video); see {run.report.json}", file=sys.stderr)
+    for record in run.results.not_run:
+        print(
+            f"{record.condition} not run for {record.items} of {record.total} item(s) at {record.frames} frames: "
+            f"{record.reason}; see 'Not run' in {run.report.markdown}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -449,12 +466,13 @@ def _metrics(text: str) -> list[str]:
 
 
 def _controls(text: str) -> list[str]:
-    from .evaluation.runner import CONTROLS
+    from .evaluation.runner import CONTROLS, SEGMENT_CONTROLS
 
     names = [name for name in text.split(",") if name]
-    unknown = [name for name in names if name not in CONTROLS]
+    unknown = [name for name in names if name not in CONTROLS + SEGMENT_CONTROLS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown control(s) {unknown}; available: {','.join(CONTROLS)}")
+        available = ",".join(CONTROLS + SEGMENT_CONTROLS)
+        raise argparse.ArgumentTypeError(f"unknown control(s) {unknown}; available: {available}")
     return names
 
 
@@ -512,7 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--metrics", type=_metrics, default="exact_match,token_f1")
     evaluate.add_argument("--margin", type=_margin, required=True, help="pre-registered equivalence margin (> 0)")
-    evaluate.add_argument("--controls", type=_controls, default="no_video,bias_only,shuffled")
+    evaluate.add_argument(
+        "--controls",
+        type=_controls,
+        default=None,
+        help="comma-separated negative controls (default: no_video,bias_only,shuffled, and with --segment-frames also "
+        "segments_shuffled,one_segment, which need it)",
+    )
     evaluate.add_argument(
         "--frames", type=_counts, default="12", help="comma-separated frame counts; the first is the main one"
     )
@@ -529,6 +553,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="a function (source, num_frames, size) -> peft_hyper.Video that reads each item's video (default: decode "
         "the file); peft_hyper.testing.world:render_spec_video renders a synthetic-world `spec` column",
+    )
+    evaluate.add_argument(
+        "--segment-frames",
+        type=_count,
+        default=None,
+        help="also evaluate `composed`: each video internalized in segments of N frames, their adapters composed",
+    )
+    evaluate.add_argument(
+        "--max-rank", type=_count, default=None, help="cap the rank of composed adapters (needs --segment-frames)"
+    )
+    evaluate.add_argument(
+        "--reference",
+        choices=("in_context", "adapter", "composed"),
+        default="in_context",
+        help="the condition every other is compared with (default in_context; composed needs --segment-frames)",
     )
     evaluate.set_defaults(func=cmd_eval)
 

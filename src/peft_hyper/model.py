@@ -560,23 +560,43 @@ class HyperLoraModel(BaseTuner):
             with torch.no_grad():
                 state_dicts = factors_to_state_dicts(self.generate_lora_factors(self.hypernetwork_inputs(videos)))
         else:
-            state_dicts = [self._segmented_adapter(v, segment_frames, segment_batch_size) for v in videos]
+            state_dicts = [
+                self.generate_segment_adapters(v, segment_frames, segment_batch_size=segment_batch_size)
+                for v in videos
+            ]
         if max_rank is not None or segment_frames is not None:
             state_dicts = [self.compose_adapters(parts, max_rank=max_rank) for parts in _as_parts(state_dicts)]
         for state_dict in state_dicts:
             check_finite(state_dict, "generated adapter")
         return state_dicts if batched else state_dicts[0]
 
-    def _segmented_adapter(self, video: Video, segment_frames: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
-        """The adapters of `video`'s segments, `batch_size` segments per forward."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {batch_size!r}.")
-        segments = split_video(video, segment_frames)
+    def generate_segment_adapters(
+        self,
+        video: VideoInput,
+        segment_frames: int,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        segment_batch_size: int = 8,
+    ) -> list[dict[str, torch.Tensor]]:
+        """The adapters of one video's consecutive segments of `segment_frames` sampled frames (`split_video`), not
+        composed: what `generate_adapter(..., segment_frames=)` composes, for callers that recombine segments
+        themselves (evaluation controls, a selection of segments). `num_frames` / `fps` as in `generate_adapter`;
+        `segment_batch_size` segments per VLM and hypernetwork forward.
+
+        Returns one state dict per segment, in order, each of rank `r + bias_rank` (the last `bias_rank` ranks, the
+        bias block, identical in all of them), float32 on the model's device.
+        """
+        if isinstance(segment_batch_size, bool) or not isinstance(segment_batch_size, int) or segment_batch_size < 1:
+            raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {segment_batch_size!r}.")
+        (loaded,), _ = self.load_videos([video], num_frames, fps)
+        segments = split_video(loaded, segment_frames)
         parts = []
-        for start in range(0, len(segments), batch_size):
-            inputs = self.hypernetwork_inputs(segments[start : start + batch_size])
+        for start in range(0, len(segments), segment_batch_size):
+            inputs = self.hypernetwork_inputs(segments[start : start + segment_batch_size])
             with torch.no_grad():
                 parts.extend(factors_to_state_dicts(self.generate_lora_factors(inputs)))
+        for part in parts:
+            check_finite(part, "generated segment adapter")
         return parts
 
     def compose_adapters(

@@ -8,6 +8,7 @@ from .metrics import JudgeFn, JudgeMetric, PerItemMetric, available_metrics, loa
 from .report import (
     BenchmarkResult,
     EvaluationResults,
+    NotRun,
     ReportFiles,
     holm_adjust_results,
     load_results,
@@ -31,6 +32,7 @@ __all__ = [
     "HolmAdjustedComparison",
     "JudgeFn",
     "JudgeMetric",
+    "NotRun",
     "PairedComparison",
     "PerItemMetric",
     "ReportFiles",

@@ -3,9 +3,12 @@
 Everything here is a pure function of an [`EvaluationResults`] (no model code). The structure is:
 
 * per benchmark ([`BenchmarkResult`]), per condition (``"adapter"``, ``"no_video"``, ``"bias_only"``,
-  ``"shuffled"``, ...) compared with the baseline condition (``"in_context"`` by default), per metric: a
-  [`~peft_hyper.evaluation.statistics.PairedComparison`] (candidate = the condition, baseline = in-context);
-* optionally the same per number of video frames (``by_frame_count``), used for the score-vs-frames plot.
+  ``"shuffled"``, ``"composed"``, ...) compared with the baseline condition (``"in_context"`` by default), per
+  metric: a [`~peft_hyper.evaluation.statistics.PairedComparison`] (candidate = the condition, baseline = the
+  reference), on the items both answered;
+* optionally the same per number of video frames (``by_frame_count``), used for the score-vs-frames plot;
+* the conditions that could not be run for some items ([`NotRun`]: the video in context beyond the base's maximum
+  length), listed before the tables.
 
 Equivalence / non-inferiority flags in the report are Holm-corrected across benchmarks, separately for each
 (condition, metric) pair and separately for the TOST and the non-inferiority p-values (see
@@ -18,7 +21,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from .statistics import HolmAdjustedComparison, PairedComparison, holm_adjust_co
 __all__ = [
     "BenchmarkResult",
     "EvaluationResults",
+    "NotRun",
     "ReportFiles",
     "holm_adjust_results",
     "load_results",
@@ -86,6 +90,31 @@ class BenchmarkResult:
         )
 
 
+@dataclass(frozen=True)
+class NotRun:
+    """Items a condition was not run for at one frame count and size, and why.
+
+    Args:
+        condition: The condition (``"in_context"``: its prompt does not fit the base).
+        frames: Number of video frames.
+        size: Longest frame edge in px (``None``: as stored).
+        items: How many items were not run.
+        total: How many items the run had.
+        reason: Why, in a few words.
+    """
+
+    condition: str
+    frames: int
+    size: int | None
+    items: int
+    total: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
 @dataclass
 class EvaluationResults:
     """All results of one `frames2lora eval` run.
@@ -94,11 +123,13 @@ class EvaluationResults:
         benchmarks: One [`BenchmarkResult`] per benchmark (unique names).
         baseline: Name of the baseline condition every comparison is made against.
         metadata: Free-form, JSON-serialisable run information (model, adapter, date, ...), listed in the report.
+        not_run: Conditions that were not run for some items ([`NotRun`]); comparisons with them use the other items.
     """
 
     benchmarks: list[BenchmarkResult]
     baseline: str = "in_context"
     metadata: dict[str, Any] = field(default_factory=dict)
+    not_run: list[NotRun] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         names = [b.name for b in self.benchmarks]
@@ -117,6 +148,7 @@ class EvaluationResults:
             "schema_version": SCHEMA_VERSION,
             "baseline": self.baseline,
             "metadata": self.metadata,
+            "not_run": [record.to_dict() for record in self.not_run],
             "benchmarks": [b.to_dict() for b in self.benchmarks],
         }
 
@@ -127,6 +159,7 @@ class EvaluationResults:
             benchmarks=[BenchmarkResult.from_dict(b) for b in data["benchmarks"]],
             baseline=data.get("baseline", "in_context"),
             metadata=dict(data.get("metadata", {})),
+            not_run=[NotRun(**record) for record in data.get("not_run", [])],
         )
 
 
@@ -221,10 +254,13 @@ def _benchmark_section(
     rows, notes = [], []
     for metric in metrics:
         present = [benchmark.comparisons[c][metric] for c in conditions if metric in benchmark.comparisons[c]]
-        baseline_means = {round(c.mean_baseline, 9) for c in present}
+        # Comparisons on fewer items (a condition not run for some, see "Not run") have their own baseline mean.
+        full = max(c.n for c in present)
+        baseline_means = {round(c.mean_baseline, 9) for c in present if c.n == full}
         if len(baseline_means) > 1:
             notes.append(f"- {metric}: the {baseline} mean differs between conditions (not the same items?).")
-        row = [metric, _fmt(present[0].margin), _fmt(present[0].mean_baseline)]
+        reference = next(c for c in present if c.n == full)
+        row = [metric, _fmt(reference.margin), _fmt(reference.mean_baseline)]
         for condition in conditions:
             comparison = benchmark.comparisons[condition].get(metric)
             if comparison is None:
@@ -299,6 +335,28 @@ def render_markdown(results: EvaluationResults, adjusted: AdjustedResults | None
     ]
     if results.metadata:
         lines += [f"- **{key}**: {value}" for key, value in results.metadata.items()] + [""]
+    if results.not_run:
+        lines += [
+            "## Not run",
+            "",
+            "Items a condition could not be run for; every comparison with it uses the items where it ran (its n in "
+            "the tables below).",
+            "",
+        ]
+        lines += _table(
+            ["Condition", "Frames", "Size", "Not run", "Why"],
+            [
+                [
+                    record.condition,
+                    str(record.frames),
+                    f"{record.size} px" if record.size else "native",
+                    f"{record.items} of {record.total}",
+                    record.reason,
+                ]
+                for record in results.not_run
+            ],
+        )
+        lines += [""]
     for benchmark in results.benchmarks:
         lines += _benchmark_section(benchmark, adjusted[benchmark.name], results.baseline)
     return "\n".join(lines)
