@@ -69,7 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vision-layers", type=int, default=None, help="depth-reduced proxy of a real architecture")
     parser.add_argument("--text-layers", type=int, default=None, help="depth-reduced proxy of a real architecture")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (OMP_NUM_THREADS)")
-    parser.add_argument("--dtype", default="fp32", choices=sorted(common.DTYPES))
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the in-process runs (the command has no device option: it runs on the CPU, so --processes "
+        "are skipped on any other device)",
+    )
+    parser.add_argument("--dtype", default="fp32", choices=sorted(common.DTYPES), help="VLM dtype (real archs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON output path (default: benchmarks/results/)")
     parser.add_argument("--tag", default="", help="suffix for the default JSON file name")
@@ -78,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-sizes must start with 1 (the one-by-one baseline the ratios are taken against)")
     if args.launch_batch_size is None:
         args.launch_batch_size = max(args.batch_sizes)
-    args.device = "cpu"
+    if args.device != "cpu" and args.processes:
+        print(f"--processes skipped: `frames2lora internalize-dataset` loads the model on the CPU, not {args.device}")
+        args.processes = []
     return args
 
 
@@ -105,16 +113,17 @@ def load(args: argparse.Namespace, arch: str, work: Path) -> tuple[Any, str | No
     if arch == "default":
         from peft_hyper.cli import load_model
 
-        return load_model(None), None
+        return load_model(None).to(args.device), None
     built = common.build(
         arch,
         args.frames,
+        device=args.device,
         dtype=args.dtype,
         seed=args.seed,
         vision_layers=args.vision_layers,
         text_layers=args.text_layers,
     )
-    model = built["model"].eval()
+    model = built["model"].to(args.device).eval()  # the hypernetwork too (it keeps its fp32 dtype)
     checkpoint = None
     if args.processes:
         # A checkpoint on disk for the command: the base (weights + processor) and the hypernetwork naming it.
@@ -128,12 +137,12 @@ def load(args: argparse.Namespace, arch: str, work: Path) -> tuple[Any, str | No
 
 
 # ---------------------------------------------------------------------------------------------------- in-process
-def run_in_process(model: Any, manifest: Path, out: Path, batch_size: int) -> dict[str, Any]:
+def run_in_process(model: Any, manifest: Path, out: Path, batch_size: int, device: str) -> dict[str, Any]:
     """One pass of `internalize_dataset` into the fresh directory `out`, timed as a whole and by stage."""
     from peft_hyper.corpus import internalize_dataset
 
     tuner = model.base_model
-    clock = common.StageClock("cpu")
+    clock = common.StageClock(device)
     with (
         clock.wrap_method(tuner, "load_videos", "decode"),
         clock.wrap_method(tuner, "generate_adapter", "generate"),
@@ -143,7 +152,7 @@ def run_in_process(model: Any, manifest: Path, out: Path, batch_size: int) -> di
             lambda: internalize_dataset(
                 model, manifest, out, batch_size=batch_size, process_index=0, num_processes=1, progress=False
             ),
-            "cpu",
+            device,
         )
     if result.failed or result.skipped:
         raise RuntimeError(f"unexpected corpus result: failed {result.failed}, skipped {result.skipped}")
@@ -153,12 +162,12 @@ def run_in_process(model: Any, manifest: Path, out: Path, batch_size: int) -> di
 
 def in_process(args: argparse.Namespace, model: Any, manifest: Path, work: Path, videos: int) -> list[dict[str, Any]]:
     warmup = max(args.batch_sizes)
-    run_in_process(model, manifest_head(manifest, work, warmup), work / "warmup", warmup)
+    run_in_process(model, manifest_head(manifest, work, warmup), work / "warmup", warmup, args.device)
     runs: dict[int, list[dict[str, Any]]] = {b: [] for b in args.batch_sizes}
     for repeat in range(args.repeats):
         order = args.batch_sizes if repeat % 2 == 0 else args.batch_sizes[::-1]
         for batch_size in order:
-            run = run_in_process(model, manifest, work / f"b{batch_size}-r{repeat}", batch_size)
+            run = run_in_process(model, manifest, work / f"b{batch_size}-r{repeat}", batch_size, args.device)
             runs[batch_size].append(run)
             print(
                 f"  batch {batch_size}, pass {repeat}: {run['s']:.2f} s ({videos / run['s']:.2f} videos/s)", flush=True
@@ -257,14 +266,17 @@ def _free_port() -> int:
 
 # ---------------------------------------------------------------------------------------------------- adapter sizes
 def adapter_sizes(model: Any | None = None, arch: str | None = None, dtype_bytes: int = 2) -> dict[str, Any]:
-    """Bytes of one generated adapter at its rank (fp32 tensors, as written), and of one vLLM LoRA slot at that rank.
+    """Bytes of one generated adapter at its rank, and of one vLLM LoRA slot at that rank.
 
-    vLLM allocates, for every LoRA slot, A `(max_lora_rank, in)` and B `(out, max_lora_rank)` in the LoRA dtype
-    (`dtype_bytes`; bf16 by default on GPU) for each language-model linear layer it wraps: by default all of them
-    (q/k/v/o and gate/up/down for these Llama decoders), or only the adapter's targets with
-    `--lora-target-modules`. Built on the meta device from `arch` (a full-depth SmolVLM2 with the default
-    `HyperLoraConfig`) unless `model` is given.
+    The adapter: its tensors (fp32, as generated and written) and the directory `save_adapter_state_dict` writes for
+    an adapter of exactly these shapes (zeros; the sizes do not depend on the values). vLLM allocates, for every LoRA
+    slot, A `(max_lora_rank, in)` and B `(out, max_lora_rank)` in the LoRA dtype (`dtype_bytes`; bf16 by default on
+    GPU) for each language-model linear layer it wraps: by default all of them (q/k/v/o and gate/up/down for these
+    Llama decoders), or only the adapter's targets with `--lora-target-modules`. Built on the meta device from `arch`
+    (a full-depth SmolVLM2 with the default `HyperLoraConfig`) unless `model` is given.
     """
+    from peft_hyper.lora import lora_state_dict_keys
+
     if model is None:
         from peft import get_peft_model
         from transformers import SmolVLMForConditionalGeneration
@@ -279,6 +291,15 @@ def adapter_sizes(model: Any | None = None, arch: str | None = None, dtype_bytes
     tuner = model.base_model
     rank = tuner.hyper_config.total_rank
     targets = tuner.hypernetwork.targets
+    zeros = {}
+    for target in targets:
+        key_a, key_b = lora_state_dict_keys(target.name)
+        zeros[key_a] = torch.zeros(rank, target.in_features)
+        zeros[key_b] = torch.zeros(target.out_features, rank)
+    with tempfile.TemporaryDirectory() as tmp:
+        tuner.save_adapter_state_dict(zeros, Path(tmp) / "adapter")
+        safetensors_bytes = (Path(tmp) / "adapter" / "adapter_model.safetensors").stat().st_size
+        config_bytes = (Path(tmp) / "adapter" / "adapter_config.json").stat().st_size
     text = tuner.model.config.text_config
     hidden, inter = text.hidden_size, text.intermediate_size
     head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
@@ -292,6 +313,8 @@ def adapter_sizes(model: Any | None = None, arch: str | None = None, dtype_bytes
         "target_kinds": sorted({t.kind for t in targets}),
         "text_layers": text.num_hidden_layers,
         "adapter_tensor_bytes": target_sum * rank * 4,
+        "safetensors_bytes": safetensors_bytes,
+        "dir_bytes": safetensors_bytes + config_bytes,
         "vllm_slot_bytes_targets_only": target_sum * rank * dtype_bytes,
         "vllm_slot_bytes_all_linear": all_linear * text.num_hidden_layers * rank * dtype_bytes,
         "vllm_dtype_bytes": dtype_bytes,
@@ -299,13 +322,14 @@ def adapter_sizes(model: Any | None = None, arch: str | None = None, dtype_bytes
     }
 
 
-def measured_adapter_bytes(out: Path) -> dict[str, float]:
+def written_adapter_bytes(out: Path) -> dict[str, float]:
+    """Mean sizes of the adapter directories an in-process run wrote into `out`."""
     weights = [p.stat().st_size for p in out.glob("adapters/*/adapter_model.safetensors")]
     configs = [p.stat().st_size for p in out.glob("adapters/*/adapter_config.json")]
     return {
-        "adapters": len(weights),
-        "safetensors_bytes_mean": sum(weights) / len(weights),
-        "dir_bytes_mean": (sum(weights) + sum(configs)) / len(weights),
+        "written_adapters": len(weights),
+        "written_safetensors_bytes_mean": sum(weights) / len(weights),
+        "written_dir_bytes_mean": (sum(weights) + sum(configs)) / len(weights),
     }
 
 
@@ -316,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {
         "benchmark": "corpus_throughput",
         "args": vars(args),
-        "machine": common.machine_info("cpu"),
+        "machine": common.machine_info(args.device),
         "archs": [],
         "adapter_sizes_full_depth": {arch: adapter_sizes(arch=arch) for arch in FULL_ARCHS},
     }
@@ -329,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             model, checkpoint = load(args, arch, work)
             rows = in_process(args, model, manifest, work / arch, args.videos)
             sizes = adapter_sizes(model)
-            sizes.update(measured_adapter_bytes(work / arch / "b1-r0"))
+            sizes.update(written_adapter_bytes(work / arch / "b1-r0"))
             del model
             rows += subprocess_runs(args, checkpoint, manifest, work / arch, args.videos)
             for row in rows:
@@ -351,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
             ("save_s", "save (s)"),
             ("wall_seconds", "wall incl. start-up (s)"),
         ],
-        title=f"Corpus internalization ({args.videos} videos, {args.frames} frames, {args.size} px, cpu)",
+        title=f"Corpus internalization ({args.videos} videos, {args.frames} frames, {args.size} px, {args.device})",
     )
     size_rows = [{"arch": a["arch"], **a["adapter_sizes"]} for a in result["archs"]]
     size_rows += [
@@ -373,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
             ("rank", "rank"),
             ("targets", "LoRA modules"),
             ("adapter_tensor_mib", "adapter tensors (MiB, fp32)"),
-            ("safetensors_mib_mean", "measured safetensors (MiB)"),
+            ("safetensors_bytes", "adapter_model.safetensors (bytes)"),
+            ("written_safetensors_bytes_mean", "written in this run, mean (bytes)"),
             ("vllm_slot_mib_targets_only", "vLLM slot, targets only (MiB, bf16)"),
             ("vllm_slot_mib_all_linear", "vLLM slot, all linear (MiB, bf16)"),
         ],
