@@ -9,6 +9,8 @@ does; the eager loop is checked against `generate`). Measured, after a warm-up t
 * TTFT: the prefill and the first token's choice (as `ttft.py`'s `generate(max_new_tokens=1)`);
 * answer: `--new-tokens` greedy tokens (end-of-sequence not stopped at, so every repeat does the same work);
 * the same two for a mixed-adapter batch (`adapter_names=["slot", "other"]`, two questions, PEFT's mixed batch);
+* the first call of each query: the compile (inductor's on-disk cache in a fresh directory unless
+  `--inductor-cache`, so a cold compile);
 * hot-swaps: `--swaps` new clips internalized into the existing names (`internalize(clip, adapter_name="slot")` and
   `load_generated_adapter(..., "other")`), each followed by compiled queries. Recompiles are counted with dynamo's own
   counters (`torch._dynamo.utils.counters["stats"]["unique_graphs"]`, as `tests/test_compiled_hotswap.py` does), and
@@ -17,18 +19,21 @@ does; the eager loop is checked against `generate`). Measured, after a warm-up t
 Eager and compiled repeats are interleaved so that both see the same machine load. Example (the figures in
 docs/benchmarks.md):
 
-    python benchmarks/compiled_latency.py --repeats 30 --new-tokens 8 --swaps 4 --threads 1
+    python benchmarks/compiled_latency.py --repeats 40 --new-tokens 8 --swaps 4 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -43,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="a Frames2LoRA checkpoint dir (default: the embedded default)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend ('eager' for a quick check)")
     parser.add_argument("--mode", default=None, help="torch.compile mode (default: torch's)")
+    parser.add_argument(
+        "--inductor-cache",
+        default=None,
+        help="TORCHINDUCTOR_CACHE_DIR to compile into (default: a fresh temporary one, so that the first call's time "
+        "is a cold compile; pass a kept directory to time a restart with a warm cache)",
+    )
     parser.add_argument("--new-tokens", type=int, default=8, help="greedy tokens per answer")
     parser.add_argument("--repeats", type=int, default=30, help="timed repeats per query (median reported)")
     parser.add_argument("--swaps", type=int, default=4, help="hot-swaps of newly internalized clips")
@@ -142,7 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.model)
     tuner = model.base_model
     n = args.new_tokens
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        # inductor keeps compiled kernels on disk between processes: a fresh directory times a cold compile
+        cache = args.inductor_cache or str(Path(tmp) / "inductor")
+        stack.enter_context(mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache}))
+        result["inductor_cache"] = args.inductor_cache or "fresh (temporary)"
         clips = [
             str(
                 write_clip(

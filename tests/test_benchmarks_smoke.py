@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -217,7 +218,9 @@ def test_compiled_latency(tiny_base_dir, tmp_path, monkeypatch):
         "--model", str(checkpoint), "--backend", "eager", "--repeats", "1", "--swaps", "2", "--new-tokens", "1",
         "--frames", "4", "--size", "32", "--threads", "1",
     ]  # fmt: skip
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     data = _run("compiled_latency", argv, tmp_path / "compiled.json", monkeypatch)
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == cache  # the fresh compile cache was the script's alone
     _check_machine(data)
     assert [row["key"] for row in data["rows"]] == ["ttft", "answer", "mixed_ttft", "mixed_answer"]
     for row in data["rows"]:
