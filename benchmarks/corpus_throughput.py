@@ -150,6 +150,7 @@ def run_in_process(model: Any, manifest: Path, out: Path, batch_size: int, devic
         clock.wrap_method(tuner, "save_adapter_state_dict", "save"),
     ):
         wall, cpu, result = common.timed(
+            # one process, named as such: accelerate's state is left to the command runs
             lambda: internalize_dataset(
                 model, manifest, out, batch_size=batch_size, process_index=0, num_processes=1, progress=False
             ),
@@ -157,13 +158,15 @@ def run_in_process(model: Any, manifest: Path, out: Path, batch_size: int, devic
         )
     if result.failed or result.skipped:
         raise RuntimeError(f"unexpected corpus result: failed {result.failed}, skipped {result.skipped}")
-    # `generate_adapter` reads its (already decoded) videos through `load_videos` again: count that as generation.
+    # `generate_adapter` passes its already decoded videos through `load_videos` again (no decoding): that negligible
+    # time is in both stages.
     return {"s": wall, "cpu_s": cpu, "written": len(result.written), **{f"{k}_s": v for k, v in clock.totals.items()}}
 
 
 def in_process(args: argparse.Namespace, model: Any, manifest: Path, work: Path, videos: int) -> list[dict[str, Any]]:
+    """One row per batch size: the median of `--repeats` passes over the corpus, after an untimed warm-up pass."""
     warmup = max(args.batch_sizes)
-    run_in_process(model, manifest_head(manifest, work, warmup), work / "warmup", warmup, args.device)
+    run_in_process(model, manifest_head(manifest, warmup), work / "warmup", warmup, args.device)
     runs: dict[int, list[dict[str, Any]]] = {b: [] for b in args.batch_sizes}
     for repeat in range(args.repeats):
         order = args.batch_sizes if repeat % 2 == 0 else args.batch_sizes[::-1]
@@ -195,7 +198,7 @@ def in_process(args: argparse.Namespace, model: Any, manifest: Path, work: Path,
     return rows
 
 
-def manifest_head(manifest: Path, work: Path, count: int) -> Path:
+def manifest_head(manifest: Path, count: int) -> Path:
     """A manifest of the first `count` videos of `manifest` (for the warm-up pass), beside it."""
     head = manifest.with_name(f"head-{count}.jsonl")
     head.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()[:count]))
