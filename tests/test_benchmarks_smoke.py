@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -167,3 +168,64 @@ def test_train_step(tmp_path, monkeypatch):
     for row in data["rows"]:
         assert row["s_per_step"] > 0 and row["rows_per_s"] == pytest.approx(4 / row["s_per_step"])
     assert data["rows"][0]["speedup"] == 1.0 and data["num_rows"] > 3 * 4
+
+
+def test_corpus_throughput(tmp_path, monkeypatch):
+    argv = [
+        "--arch", "tiny", "--videos", "3", "--frames", "4", "--size", "32", "--batch-sizes", "1", "2",
+        "--processes", "--repeats", "1", "--threads", "1",
+    ]  # fmt: skip
+    data = _run("corpus_throughput", argv, tmp_path / "corpus.json", monkeypatch)
+    _check_machine(data)
+    (arch,) = data["archs"]
+    assert [(row["path"], row["batch_size"]) for row in arch["rows"]] == [("in-process", 1), ("in-process", 2)]
+    for row in arch["rows"]:
+        assert row["videos_per_s"] == pytest.approx(3 / row["seconds"]) and row["generate_s"] > 0
+    assert arch["rows"][0]["speedup"] == 1.0
+    sizes = arch["adapter_sizes"]
+    # The adapters written are the size computed from the target shapes: the tensors plus the safetensors header.
+    assert sizes["written_adapters"] == 3 and sizes["written_safetensors_bytes_mean"] == sizes["safetensors_bytes"]
+    assert 0 < sizes["safetensors_bytes"] - sizes["adapter_tensor_bytes"] < 4096
+    full = data["adapter_sizes_full_depth"]
+    assert full["500M"]["adapter_tensor_bytes"] == 32 * 32 * (2560 + 960) * 4  # rank 32 on 32 down_proj, fp32
+    assert full["500M"]["vllm_slot_bytes_all_linear"] > full["500M"]["vllm_slot_bytes_targets_only"]
+
+
+@pytest.mark.slow
+def test_corpus_throughput_with_two_processes(tmp_path, monkeypatch):
+    argv = [
+        "--arch", "tiny", "--videos", "4", "--frames", "4", "--size", "32", "--batch-sizes", "1",
+        "--processes", "1", "2", "--repeats", "1", "--threads", "1",
+    ]  # fmt: skip
+    data = _run("corpus_throughput", argv, tmp_path / "corpus.json", monkeypatch)
+    rows = {row["path"]: row for row in data["archs"][0]["rows"]}
+    assert rows["command, 1 process"]["written_per_process"] == [4] and rows["command, 1 process"]["shards"] == 1
+    assert rows["command, 2 processes"]["written_per_process"] == [2, 2]  # each video written once
+    assert rows["command, 2 processes"]["shards"] == 2
+    assert rows["command, 2 processes"]["wall_seconds"] > rows["command, 2 processes"]["seconds"] > 0
+
+
+def test_compiled_latency(tiny_base_dir, tmp_path, monkeypatch):
+    from conftest import small_config
+    from peft import get_peft_model
+    from transformers import SmolVLMForConditionalGeneration
+
+    checkpoint = tmp_path / "frames2lora-tiny"
+    get_peft_model(SmolVLMForConditionalGeneration.from_pretrained(tiny_base_dir), small_config()).save_pretrained(
+        checkpoint
+    )
+    argv = [
+        "--model", str(checkpoint), "--backend", "eager", "--repeats", "1", "--swaps", "2", "--new-tokens", "1",
+        "--frames", "4", "--size", "32", "--threads", "1",
+    ]  # fmt: skip
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    data = _run("compiled_latency", argv, tmp_path / "compiled.json", monkeypatch)
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == cache  # the fresh compile cache was the script's alone
+    _check_machine(data)
+    assert [row["key"] for row in data["rows"]] == ["ttft", "answer", "mixed_ttft", "mixed_answer"]
+    for row in data["rows"]:
+        assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["after_swap_ms"] > 0
+    assert data["recompiles"]["graphs_after_warmup"] >= 1
+    assert data["recompiles"]["new_graphs_during_swaps"] == 0  # hot-swaps copy into the compiled graph's parameters
+    assert data["eager_loop_matches_generate"] and data["compiled_matches_eager"]
+    assert len(data["swaps"]) == 2
