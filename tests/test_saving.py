@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import small_config
 
 from peft_hyper import saving
@@ -365,3 +367,22 @@ def test_trainer_save_model_stages_into_the_output_directory(tmp_path, hyper_mod
     card = (out / "README.md").read_text()
     assert "frames2lora" in card and "# run" in card
     assert litter(out) == []
+
+
+def test_saved_files_get_the_umask_mode_whatever_the_writer_chose(tmp_path):
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "adapter") as staging:
+            save_file({"w": torch.zeros(2)}, staging / "adapter_model.safetensors")
+            (staging / "private.txt").write_text("x")
+            os.chmod(staging / "private.txt", 0o600)
+        with staged_files(tmp_path / "run") as staging:
+            save_file({"w": torch.zeros(2)}, staging / "model.safetensors")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "adapter" / "adapter_model.safetensors", tmp_path / "adapter" / "private.txt",
+                 tmp_path / "run" / "model.safetensors"):  # fmt: skip
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_model.safetensors", "private.txt"]

@@ -109,6 +109,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
         if target.is_dir():  # the new directory keeps the old one's permission bits
             os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
         yield staging
+        _give_files_the_umask_mode(staging)
         fsync_tree(staging)
         _swap_in(staging, target)
     except BaseException:
@@ -154,6 +155,7 @@ def staged_files(
             if (target / name).is_file():
                 shutil.copy2(target / name, staging / name)
         yield staging
+        _give_files_the_umask_mode(staging)
         fsync_tree(staging)
         for name in commit_last:
             _remove(target / name)
@@ -264,6 +266,27 @@ def fsync_tree(path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
+def _give_files_the_umask_mode(directory: Path) -> None:
+    """Give every regular file under `directory` the permission bits a new file gets from the process's umask.
+
+    Writers differ: safetensors >= 0.8 creates its files 0600 whatever the umask (safetensors#782), so an adapter
+    saved by one user could not be read by a server running as another. What we save is readable as `open()` would
+    have made it. The mode is read from a probe file rather than `os.umask`, which cannot be read without being set
+    (racy with other threads).
+    """
+    probe = directory / f".umask-probe-{secrets.token_hex(4)}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        mode = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink()
+    for root, _, files in os.walk(directory):
+        for name in files:
+            file = os.path.join(root, name)
+            if os.path.isfile(file) and not os.path.islink(file) and stat.S_IMODE(os.stat(file).st_mode) != mode:
+                os.chmod(file, mode)
+
+
 def _resolve(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path))
 
