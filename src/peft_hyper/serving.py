@@ -672,7 +672,7 @@ class VllmClient:
             message = _error_message(exc.read().decode("utf-8", errors="replace"))
             if "greater than max_lora_rank" in message:
                 raise AdapterRankError(
-                    f"the vLLM server at {self.url} refused {what}: {message} Start the server with a larger "
+                    f"the vLLM server at {self.url} refused {what}: {message.rstrip('. ')}. Start the server with a larger "
                     "--max-lora-rank, or internalize the video again with a smaller --max-rank."
                 ) from None
             raise ServingError(f"the vLLM server at {self.url} refused {what} (HTTP {exc.code}): {message}") from None
