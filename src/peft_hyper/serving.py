@@ -92,14 +92,22 @@ class ServedBase:
                 f"the base model '{name_or_path}' has no readable config.json ({exc}); pass the base model directory or "
                 "Hub id a vLLM server serves."
             ) from exc
-        model_class = getattr(transformers, (config.architectures or [""])[0], None)
-        if model_class is None:
-            raise CheckpointError(
-                f"the base model '{name_or_path}' names no transformers model class in its config.json "
-                f"(architectures {config.architectures}); peft-hyper serves SmolVLM-family models."
-            )
+        # the class the weights were saved from (its module names are the adapters' keys); a config without one is
+        # built as the image-text-to-text model of its type
+        architecture = (config.architectures or [None])[0]
+        model_class = getattr(transformers, architecture, None) if architecture else None
         with torch.device("meta"):
-            model = model_class._from_config(config)
+            try:
+                model = (
+                    model_class(config)
+                    if model_class
+                    else transformers.AutoModelForImageTextToText.from_config(config)
+                )
+            except ValueError as exc:
+                raise CheckpointError(
+                    f"the base model '{name_or_path}' ({config.model_type}) is not an image-text-to-text model "
+                    f"transformers can build ({exc}); peft-hyper serves SmolVLM-family models."
+                ) from exc
         shapes = {
             name: (module.in_features, module.out_features)
             for name, module in model.named_modules()
