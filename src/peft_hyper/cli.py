@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -448,15 +449,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(
         f"serving {len(serve_args.adapters)} adapter(s) at {serve_args.url}/v1: {shlex.join(command)}", file=sys.stderr
     )
-    process = subprocess.Popen(command, env={**os.environ, **serve_args.env()})
+    # vLLM in its own process group, stopped through this process: Ctrl-C or SIGTERM here sends it one SIGINT, so it
+    # shuts its engine processes down, and SIGKILL goes to the whole group if it has not exited within a minute.
+    process = subprocess.Popen(command, env={**os.environ, **serve_args.env()}, start_new_session=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return process.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached vLLM too (same process group): let it shut its engine down
+    except KeyboardInterrupt:
+        os.killpg(process.pid, signal.SIGINT)
         try:
-            return process.wait(60)
+            process.wait(60)
         except subprocess.TimeoutExpired:
-            process.kill()
-            return 130
+            os.killpg(process.pid, signal.SIGKILL)
+        return 130
 
 
 def _adapter_dirs(specs: list[str]) -> dict[str, str]:
