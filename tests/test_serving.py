@@ -314,3 +314,17 @@ def test_serve_refuses_in_one_line(capsys, checkpoint, adapters, extra, message)
 def test_serve_refuses_a_plain_lora_adapter_as_the_checkpoint(capsys, adapters):
     status, _, err = run_cli(capsys, ["serve", "--model", str(adapters["clip"]), "--print-command"])
     assert status == 2 and "is a plain LoRA adapter" in err
+
+
+def test_serve_runs_the_server_in_the_vllm_environment_and_returns_its_status(capsys, checkpoint, tmp_path):
+    env, record = tmp_path / "venv", tmp_path / "argv.txt"
+    (env / "bin").mkdir(parents=True)
+    script = f'#!/bin/sh\necho "$VLLM_ALLOW_RUNTIME_LORA_UPDATING $@" > {record}\nexit 7\n'
+    (env / "bin" / "python").write_text(script)
+    (env / "bin" / "python").chmod(0o755)
+    status, _, err = run_cli(capsys, ["serve", "--model", str(checkpoint), "--vllm-env", str(env), "--port", "8012"])
+    assert status == 7  # vLLM's own exit status
+    ran = record.read_text()
+    assert ran.startswith("True -m vllm.entrypoints.launchers.api_server.entry --model ")
+    assert "--max-lora-rank 8" in ran and "--port 8012" in ran
+    assert "serving 0 adapter(s) at http://127.0.0.1:8012/v1" in err

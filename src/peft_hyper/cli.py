@@ -452,7 +452,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # vLLM in its own process group, stopped through this process: Ctrl-C or SIGTERM here sends it one SIGINT, so it
     # shuts its engine processes down, and SIGKILL goes to the whole group if it has not exited within a minute.
     process = subprocess.Popen(command, env={**os.environ, **serve_args.env()}, start_new_session=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -462,6 +462,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _adapter_dirs(specs: list[str]) -> dict[str, str]:
