@@ -229,3 +229,16 @@ def test_compiled_latency(tiny_base_dir, tmp_path, monkeypatch):
     assert data["recompiles"]["new_graphs_during_swaps"] == 0  # hot-swaps copy into the compiled graph's parameters
     assert data["eager_loop_matches_generate"] and data["compiled_matches_eager"]
     assert len(data["swaps"]) == 2
+
+
+def test_serve_throughput_without_vllm(tmp_path, monkeypatch):
+    """The peft-hyper conditions (the vLLM one needs `.venv-vllm` and runs in `tests/test_vllm_serving.py`'s way)."""
+    conditions = ["mixed", "one_at_a_time", "in_context"]
+    argv = ["--adapters", "2", "--questions", "2", "--max-new-tokens", "2", "--conditions", *conditions]
+    data = _run("serve_throughput", [*COMMON, *argv], tmp_path / "serve.json", monkeypatch)
+    _check_machine(data)
+    assert data["answers"] == 4
+    rows = {row["condition"]: row for row in data["results"]}
+    assert set(rows) == set(conditions)
+    assert all(row["answers_per_s"] > 0 for row in rows.values())
+    assert rows["one_at_a_time"]["identical_to_mixed"] == 4 and rows["mixed"]["vs_mixed"] == 1.0

@@ -17,6 +17,7 @@ RUNTIME_MODULES = (
     "peft_hyper.evaluation.runner",
     "peft_hyper.trainer",
     "peft_hyper.data",
+    "peft_hyper.serving",
 )
 
 

@@ -11,6 +11,7 @@ from .config import HyperLoraConfig
 from .convert_reference import convert_reference_checkpoint
 from .data import VideoTextCollator, load_manifest, validate_dataset
 from .errors import (
+    AdapterRankError,
     DatasetValidationError,
     EmptyVideoError,
     IncompatibleBaseModelError,
@@ -26,6 +27,7 @@ from .errors import (
     OutputPathError,
     PeftHyperError,
     ReferenceCheckpointError,
+    ServingError,
     UnsafeCheckpointError,
     UnsupportedReferenceOptionError,
     VideoDecodeError,
@@ -40,6 +42,7 @@ __version__ = "0.1.0.dev0"
 register_peft_method(name="hyperlora", config_cls=HyperLoraConfig, model_cls=HyperLoraModel, prefix="hypernetworks")
 
 __all__ = [
+    "AdapterRankError",
     "DatasetValidationError",
     "EmptyVideoError",
     "HyperLoraConfig",
@@ -58,6 +61,7 @@ __all__ = [
     "OutputPathError",
     "PeftHyperError",
     "ReferenceCheckpointError",
+    "ServingError",
     "UnsafeCheckpointError",
     "UnsupportedReferenceOptionError",
     "Video",

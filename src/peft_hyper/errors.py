@@ -27,6 +27,15 @@ class IncompatibleBaseModelError(PeftHyperError, ValueError):
     """A checkpoint or adapter was made for a base model with another architecture."""
 
 
+class AdapterRankError(PeftHyperError, ValueError):
+    """An adapter's rank is above what a serving engine was started to take (vLLM's `--max-lora-rank`) or can take
+    at all (512 for vLLM)."""
+
+
+class ServingError(PeftHyperError, RuntimeError):
+    """The vLLM server cannot be found, started or reached, or refused a request (its own message is quoted)."""
+
+
 class NonFiniteAdapterError(PeftHyperError, FloatingPointError):
     """A generated or loaded adapter contains NaN or infinite weights."""
 
