@@ -195,7 +195,8 @@ def main() -> None:
         train = train.filter(lambda row: row["task_type"] != "caption")
     if args.task_weights:
         train = train.map(lambda row: {"loss_weight": args.task_weights.get(row["task_type"], 1.0)})
-    print(f"{len(train)} training rows from {args.train_clips} clips ({time.perf_counter() - start:.0f}s)")
+    videos = f" and {args.long_videos} long videos per length {args.long_frames}" if args.long_videos else ""
+    print(f"{len(train)} training rows from {args.train_clips} clips{videos} ({time.perf_counter() - start:.0f}s)")
 
     vlm = SmolVLMForConditionalGeneration.from_pretrained(args.base).eval()
     if args.init_from:  # continue training a saved hypernetwork (its own config, with this run's prompt)
