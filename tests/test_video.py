@@ -465,11 +465,16 @@ def _same_video(got: Video, expected: Video) -> None:
 
 
 def test_open_video_samples_like_load_video_and_decodes_only_what_is_read(vfr_clip, decoder_calls):
+    from torchcodec.decoders import VideoDecoder
+
     video = load_video(vfr_clip, num_frames=8)
     decoder_calls.clear()
     reader = open_video(vfr_clip, num_frames=8)
     assert decoder_calls == []  # sampling needs the packet scan only
     assert reader.num_frames == 8 and reader.metadata.timestamps == video.metadata.timestamps
+    decoder_pts = VideoDecoder(vfr_clip).get_frames_at(video.metadata.frames_indices).pts_seconds.double().tolist()
+    assert reader.metadata.timestamps == decoder_pts  # the scan's times are the decoder's, exactly (first frame at 0)
+    decoder_calls.clear()
     part = reader.read(2, 5)
     assert decoder_calls == [video.metadata.frames_indices[2:5]]
     assert torch.equal(part.frames, video.frames[2:5])

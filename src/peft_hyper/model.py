@@ -604,8 +604,9 @@ class HyperLoraModel(BaseTuner):
     def _segmented_adapter(
         self, video: VideoReader, segment_frames: int, batch_size: int
     ) -> list[dict[str, torch.Tensor]]:
-        """The adapters of `video`'s segments, `batch_size` segments per forward; a segment's frames are decoded
-        when the vision tower reads them, so only one batch of segments is ever in memory (only its adapters kept)."""
+        """The adapters of `video`'s segments, `batch_size` segments per forward. A segment's frames are decoded and
+        processed when the vision tower reads them and the text decoder reads one batch of segments; only the
+        segments' adapters are kept, so memory does not grow with the number of segments."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {batch_size!r}.")
         segments = split_video(video, segment_frames)
