@@ -116,3 +116,24 @@ def test_a_segmented_video_holds_at_most_one_batch_of_segments(hyper_model, long
     del hyper_model.base_model.generate_lora_factors
     assert forwards == [(2 * k, 2) for k in range(4)]  # before each forward: the earlier batches' segments only
     assert decoded == [5] * 8  # one segment per decoder call (frames_per_vision_chunk=16 > 5), each frame once
+
+
+def test_a_composition_built_part_by_part_is_compose_adapters(vlm, hyper_model, clips):
+    from peft_hyper import InvalidAdapterError
+    from peft_hyper.composition import Composition
+
+    parts = hyper_model.generate_adapter(clips)
+    composition = Composition(len(parts), BIAS)
+    with pytest.raises(InvalidAdapterError, match="0 of the composition's 3 parts"):
+        composition.result()
+    for part in parts:
+        composition.add(part)
+    assert_same_adapter(composition.result(), compose_adapters(parts, bias_rank=BIAS))
+    assert_same_adapter(composition.result(max_rank=6), compose_adapters(parts, bias_rank=BIAS, max_rank=6))
+    with pytest.raises(InvalidAdapterError, match="added already"):
+        composition.add(parts[0])
+    other = get_peft_model(vlm, small_config()).generate_adapter(clips[0])  # another hypernetwork's bias block
+    mixed = Composition(2, BIAS)
+    mixed.add(parts[0])
+    with pytest.raises(InvalidAdapterError, match="bias block"):
+        mixed.add(other)

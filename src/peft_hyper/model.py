@@ -29,7 +29,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .composition import compose_adapters
+from .composition import Composition, compose_adapters
 from .config import HyperLoraConfig
 from .errors import (
     IncompatibleBaseModelError,
@@ -593,29 +593,34 @@ class HyperLoraModel(BaseTuner):
             with torch.no_grad():
                 inputs = self.chunked_hypernetwork_inputs(videos)
                 state_dicts = factors_to_state_dicts(self.generate_lora_factors(inputs))
+            if max_rank is not None:
+                state_dicts = [self.compose_adapters([state_dict], max_rank=max_rank) for state_dict in state_dicts]
         else:
-            state_dicts = [self._segmented_adapter(v, segment_frames, segment_batch_size) for v in videos]
-        if max_rank is not None or segment_frames is not None:
-            state_dicts = [self.compose_adapters(parts, max_rank=max_rank) for parts in _as_parts(state_dicts)]
+            state_dicts = [self._segmented_adapter(v, segment_frames, segment_batch_size, max_rank) for v in videos]
         for state_dict in state_dicts:
             check_finite(state_dict, "generated adapter")
         return state_dicts if batched else state_dicts[0]
 
     def _segmented_adapter(
-        self, video: VideoReader, segment_frames: int, batch_size: int
-    ) -> list[dict[str, torch.Tensor]]:
-        """The adapters of `video`'s segments, `batch_size` segments per forward. A segment's frames are decoded and
-        processed when the vision tower reads them and the text decoder reads one batch of segments; only the
-        segments' adapters are kept, so memory does not grow with the number of segments."""
+        self, video: VideoReader, segment_frames: int, batch_size: int, max_rank: int | None
+    ) -> dict[str, torch.Tensor]:
+        """The composed adapter of `video`'s segments, `batch_size` segments per forward.
+
+        A segment's frames are decoded and processed when the vision tower reads them, the text decoder reads one
+        batch of segments, and each batch's adapters are copied into the composed adapter (`Composition`) and dropped:
+        memory holds one chunk of frames, one batch's states and adapters, and the composed adapter (`K·r + r_b`
+        ranks, the output) however many segments there are.
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {batch_size!r}.")
         segments = split_video(video, segment_frames)
-        parts = []
+        composition = Composition(len(segments), self.hyper_config.bias_rank)
         for start in range(0, len(segments), batch_size):
             inputs = self.chunked_hypernetwork_inputs(segments[start : start + batch_size])
             with torch.no_grad():
-                parts.extend(factors_to_state_dicts(self.generate_lora_factors(inputs)))
-        return parts
+                for part in factors_to_state_dicts(self.generate_lora_factors(inputs)):
+                    composition.add(part)
+        return composition.result(max_rank)
 
     def compose_adapters(
         self, adapters: Sequence[dict[str, torch.Tensor]], max_rank: int | None = None
@@ -785,11 +790,6 @@ class HyperLoraModel(BaseTuner):
         state = self.__dict__.copy()
         state.pop("_call_lock", None)  # a lock cannot be copied or pickled; a copy makes its own on first use
         return state
-
-
-def _as_parts(state_dicts: list[Any]) -> list[list[dict[str, torch.Tensor]]]:
-    """Each item as a list of parts to compose: segment adapters stay lists, a whole-video adapter is one part."""
-    return [item if isinstance(item, list) else [item] for item in state_dicts]
 
 
 def _architecture_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str:
