@@ -21,6 +21,8 @@ from peft_hyper import (
     VideoDecodeError,
     VideoNotFoundError,
     load_video,
+    open_video,
+    split_video,
 )
 from peft_hyper.errors import InvalidSamplingError
 from peft_hyper.testing.models import build_smolvlm_processor
@@ -436,3 +438,97 @@ def test_reference_rule_on_a_variable_frame_rate_video_is_by_presentation_time(v
     assert video.metadata.timestamps == pytest.approx([0.0, 1.0, 2.0, 3.5])
     by_index = reference_frame_indices(len(VFR_PTS), len(VFR_PTS) / 4.0)  # the literal rule at the average rate
     assert by_index == [0, 11, 23, 35]  # three of four frames from the first second
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch) -> list[list[int]]:
+    """The source indices of every decoder call, in order."""
+    from torchcodec.decoders import VideoDecoder
+
+    calls: list[list[int]] = []
+    get_frames_at = VideoDecoder.get_frames_at
+
+    def recording(self, indices, *args, **kwargs):
+        calls.append(list(indices))
+        return get_frames_at(self, indices, *args, **kwargs)
+
+    monkeypatch.setattr(VideoDecoder, "get_frames_at", recording)
+    return calls
+
+
+def _same_video(got: Video, expected: Video) -> None:
+    assert torch.equal(got.frames, expected.frames)
+    assert got.metadata.timestamps == expected.metadata.timestamps
+    assert got.metadata.frames_indices == expected.metadata.frames_indices
+    for name in ("total_num_frames", "fps", "width", "height", "duration", "video_backend"):
+        assert getattr(got.metadata, name) == getattr(expected.metadata, name), name
+
+
+def test_open_video_samples_like_load_video_and_decodes_only_what_is_read(vfr_clip, decoder_calls):
+    from torchcodec.decoders import VideoDecoder
+
+    video = load_video(vfr_clip, num_frames=8)
+    decoder_calls.clear()
+    reader = open_video(vfr_clip, num_frames=8)
+    assert decoder_calls == []  # sampling needs the packet scan only
+    assert reader.num_frames == 8 and reader.metadata.timestamps == video.metadata.timestamps
+    decoder_pts = VideoDecoder(vfr_clip).get_frames_at(video.metadata.frames_indices).pts_seconds.double().tolist()
+    assert reader.metadata.timestamps == decoder_pts  # the scan's times are the decoder's, exactly (first frame at 0)
+    decoder_calls.clear()
+    part = reader.read(2, 5)
+    assert decoder_calls == [video.metadata.frames_indices[2:5]]
+    assert torch.equal(part.frames, video.frames[2:5])
+    assert part.metadata.timestamps == video.metadata.timestamps[2:5]  # times in the whole video
+    assert part.metadata.duration == video.metadata.duration
+    _same_video(reader.read(), video)
+    with pytest.raises(InvalidSamplingError, match="0 <= start < stop <= 8"):
+        reader.read(5, 5)
+
+
+def test_segments_of_a_reader_are_read_one_at_a_time(clips, decoder_calls):
+    video = load_video(clips[0], num_frames=16)
+    decoder_calls.clear()
+    lazy = split_video(open_video(clips[0], num_frames=16), 6)
+    assert [segment.num_frames for segment in lazy] == [6, 6, 4] and decoder_calls == []
+    for segment, expected in zip(lazy, split_video(video, 6), strict=True):
+        assert segment.metadata.timestamps == expected.metadata.timestamps
+        _same_video(segment.read(), expected)
+    assert decoder_calls == [list(range(0, 6)), list(range(6, 12)), list(range(12, 16))]
+    assert torch.equal(lazy[1].read(1, 3).frames, video.frames[7:9])
+
+
+def test_readers_of_frames_in_memory_slice_them(clips):
+    frames = make_test_frames(num_frames=8, height=32, width=32, seed=3)
+    reader = open_video(frames, num_frames=4, source_fps=4.0)
+    _same_video(reader.read(), load_video(frames, num_frames=4, source_fps=4.0))
+    assert torch.equal(reader.read(1, 3).frames, frames[[3, 5]])
+    video = load_video(clips[0], num_frames=5)
+    _same_video(open_video(video).read(), video)
+    assert open_video(reader) is reader and torch.equal(load_video(reader).frames, reader.read().frames)
+
+
+def test_open_video_raises_the_errors_of_load_video(tmp_path, clips):
+    with pytest.raises(VideoNotFoundError):
+        open_video(tmp_path / "nope.mp4")
+    with pytest.raises(InvalidSamplingError):
+        open_video(clips[0], num_frames=0)
+    with pytest.raises(InvalidFramesError):
+        open_video(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    data = Path(clips[1]).read_bytes()
+    path = tmp_path / "truncated.mp4"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(VideoDecodeError):  # when opened, or at the latest when its broken frames are read
+        open_video(path, num_frames=16).read()
+
+
+def test_a_reader_without_a_frame_index_decodes_when_opened(clips, monkeypatch, decoder_calls):
+    """torchcodec < 0.17 (no packet scan): a frame's time is known once it is decoded, so opening decodes."""
+    import peft_hyper.video as video_module
+
+    expected = load_video(clips[0], num_frames=5)
+    monkeypatch.setattr(video_module, "_presentation_times", lambda source: None)
+    decoder_calls.clear()
+    reader = open_video(clips[0], num_frames=5)
+    assert decoder_calls == [expected.metadata.frames_indices]
+    _same_video(reader.read(), expected)
+    assert len(decoder_calls) == 1

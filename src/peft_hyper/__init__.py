@@ -35,7 +35,7 @@ from .errors import (
 )
 from .model import HyperLoraModel
 from .trainer import HyperLoraTrainer, cache_teacher_targets
-from .video import Video, load_video, split_video
+from .video import Video, VideoReader, load_video, open_video, split_video
 
 __version__ = "0.1.0.dev0"
 
@@ -67,12 +67,14 @@ __all__ = [
     "Video",
     "VideoDecodeError",
     "VideoNotFoundError",
+    "VideoReader",
     "VideoTextCollator",
     "cache_teacher_targets",
     "compose_adapters",
     "convert_reference_checkpoint",
     "load_manifest",
     "load_video",
+    "open_video",
     "split_video",
     "validate_dataset",
 ]

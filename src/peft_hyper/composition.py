@@ -53,18 +53,83 @@ def compose_adapters(
     if bias_rank is None:
         bias_rank = _shared_trailing_rank(adapters)
     _check_parts(adapters, bias_rank)
+    _check_max_rank(max_rank)
+    composition = Composition(len(adapters), bias_rank)
+    for part in adapters:
+        composition.add(part)
+    return composition.result(max_rank)
+
+
+class Composition:
+    """`compose_adapters` one part at a time, for parts that are generated one batch after another.
+
+    The composed factors are allocated once, at the first part, for `num_parts` parts; each part's generated ranks
+    are copied into their place as it is added, and the part can then be dropped. So what is held is the composed
+    adapter (`num_parts · r + bias_rank` ranks) and the part being added — not every part, each with its own copy of
+    the bias block, and then their concatenation.
+
+    Args:
+        num_parts: how many parts will be added.
+        bias_rank: the hypernetwork's bias rank (the parts' last `bias_rank` ranks, identical in all of them).
+    """
+
+    def __init__(self, num_parts: int, bias_rank: int) -> None:
+        if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
+            raise InvalidAdapterError(f"A composition needs at least one part, got num_parts={num_parts!r}.")
+        self.num_parts, self.bias_rank = num_parts, bias_rank
+        self._first: StateDict = {}  # a copy of the first part, which the others are checked against
+        self._composed: StateDict = {}
+        self._added = 0
+
+    def add(self, part: Mapping[str, torch.Tensor]) -> None:
+        """Copy `part`'s generated ranks into the composed factors (checked as `compose_adapters` checks its parts)."""
+        if self._added == self.num_parts:
+            raise InvalidAdapterError(f"All {self.num_parts} parts of this composition were added already.")
+        if self._added == 0:
+            _check_parts([part], self.bias_rank)
+            self._first = {key: value.clone() for key, value in part.items()}
+            self._allocate(part)
+        else:
+            _check_parts([self._first, part], self.bias_rank)
+        for module in _modules(part):
+            key_a, key_b = lora_state_dict_keys(module)
+            rank = part[key_a].shape[0] - self.bias_rank
+            slots = slice(self._added * rank, (self._added + 1) * rank)
+            self._composed[key_a][slots] = part[key_a][:rank]
+            self._composed[key_b][:, slots] = part[key_b][:, :rank]
+        self._added += 1
+
+    def result(self, max_rank: int | None = None) -> StateDict:
+        """The composed adapter (`max_rank`: capped as in `compose_adapters`), once every part was added."""
+        _check_max_rank(max_rank)
+        if self._added != self.num_parts:
+            raise InvalidAdapterError(f"{self._added} of the composition's {self.num_parts} parts were added.")
+        if max_rank is None:
+            return dict(self._composed)
+        composed: StateDict = {}
+        for module in _modules(self._composed):
+            key_a, key_b = lora_state_dict_keys(module)
+            lora_a, lora_b = self._composed[key_a], self._composed[key_b]
+            if lora_a.shape[0] > max_rank:
+                lora_a, lora_b, _ = _truncate(lora_a, lora_b, max_rank)
+            composed[key_a], composed[key_b] = lora_a.contiguous(), lora_b.contiguous()
+        return composed
+
+    def _allocate(self, part: Mapping[str, torch.Tensor]) -> None:
+        for module in _modules(part):
+            key_a, key_b = lora_state_dict_keys(module)
+            lora_a, lora_b = part[key_a], part[key_b]
+            rank = lora_a.shape[0] - self.bias_rank
+            total = self.num_parts * rank + self.bias_rank
+            self._composed[key_a] = lora_a.new_empty((total, lora_a.shape[1]))
+            self._composed[key_b] = lora_b.new_empty((lora_b.shape[0], total))
+            self._composed[key_a][total - self.bias_rank :] = lora_a[rank:]  # the bias block, once
+            self._composed[key_b][:, total - self.bias_rank :] = lora_b[:, rank:]
+
+
+def _check_max_rank(max_rank: int | None) -> None:
     if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
         raise InvalidAdapterError(f"max_rank must be a positive integer or None, got {max_rank!r}.")
-    composed: StateDict = {}
-    for module in _modules(adapters[0]):
-        key_a, key_b = lora_state_dict_keys(module)
-        rank = adapters[0][key_a].shape[0] - bias_rank
-        lora_a = torch.cat([part[key_a][:rank] for part in adapters] + [adapters[0][key_a][rank:]], dim=0)
-        lora_b = torch.cat([part[key_b][:, :rank] for part in adapters] + [adapters[0][key_b][:, rank:]], dim=1)
-        if max_rank is not None and lora_a.shape[0] > max_rank:
-            lora_a, lora_b, _ = _truncate(lora_a, lora_b, max_rank)
-        composed[key_a], composed[key_b] = lora_a.contiguous(), lora_b.contiguous()
-    return composed
 
 
 def compose_factors(

@@ -9,11 +9,13 @@ that is needed (the lm head never runs).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .inputs import ChunkedVideoInputs
 
 _DECODER_LAYER = re.compile(r"(?:^|.*\.)text_model\.layers\.(\d+)\.(.+)$")
 
@@ -45,25 +47,48 @@ def encode_frames_in_chunks(
     """The vision tower + connector over `pixel_values` `(B, T, 3, P, P)`, `frames_per_chunk` frames at a time, so
     that its activations stay those of one chunk however long the video. All-zero (padding) frames are skipped, as
     `get_image_features` does. Returns the `mm_encoder_outputs` the VLM body accepts instead of `pixel_values`."""
-    features = []
-    for item in range(pixel_values.shape[0]):
-        chunks = []
+
+    def chunks(item: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         for start in range(0, pixel_values.shape[1], frames_per_chunk):
-            chunk = pixel_values[item : item + 1, start : start + frames_per_chunk]
-            real = chunk.flatten(2).ne(0).any(dim=-1)[0]  # (frames,) False for padding frames
-            if not real.any():
-                continue
             mask = None
             if pixel_attention_mask is not None:
-                mask = pixel_attention_mask[item : item + 1, start : start + frames_per_chunk][:, real]
-            chunks.append(body.get_image_features(chunk[:, real], mask, return_dict=True).pooler_output[0])
-        features.append(torch.cat(chunks, dim=0))
+                mask = pixel_attention_mask[item : item + 1, start : start + frames_per_chunk]
+            yield pixel_values[item : item + 1, start : start + frames_per_chunk], mask
+
+    return encode_frame_chunks(body, [chunks(item) for item in range(pixel_values.shape[0])])
+
+
+def encode_frame_chunks(
+    body: nn.Module, videos: Sequence[Iterable[tuple[torch.Tensor, torch.Tensor | None]]]
+) -> dict[str, BaseModelOutputWithPooling]:
+    """The vision tower + connector over each video's chunks of frames in turn, each chunk pulled from its iterable
+    only when the previous one is encoded, so that only one chunk's pixels and activations exist at a time.
+
+    Args:
+        body: the VLM body (`SmolVLMModel`).
+        videos: per video, its chunks in frame order: `pixel_values` `(1, n, 3, P, P)` and `pixel_attention_mask`
+            `(1, n, P, P)` or `None`. All-zero (padding) frames are skipped, as `get_image_features` does.
+
+    Returns:
+        The `mm_encoder_outputs` the VLM body accepts instead of `pixel_values`: per video, `(frames × image_seq_len,
+        hidden)` image features.
+    """
+    features = []
+    for chunks_of_video in videos:
+        encoded = []
+        for pixels, mask in chunks_of_video:
+            real = pixels.flatten(2).ne(0).any(dim=-1)[0]  # (frames,) False for padding frames
+            if not real.any():
+                continue
+            mask = None if mask is None else mask[:, real]
+            encoded.append(body.get_image_features(pixels[:, real], mask, return_dict=True).pooler_output[0])
+        features.append(torch.cat(encoded, dim=0))
     return {"image": BaseModelOutputWithPooling(pooler_output=features)}
 
 
 def stream_decoder_layer_inputs(
     model: nn.Module,
-    inputs: dict[str, torch.Tensor],
+    inputs: Mapping[str, torch.Tensor],
     layers: Sequence[int],
     on_layer: Callable[[int, torch.Tensor], None],
     grad_in_callback: bool = False,
@@ -72,8 +97,10 @@ def stream_decoder_layer_inputs(
     """Run `model` (no grad) on `inputs` and call `on_layer(l, states)` with the states `(B, S, hidden)` entering
     decoder layer `l`, for each `l` in `layers` in order. The forward stops after the last of `layers`.
 
+    `inputs` is a processor batch or `ChunkedVideoInputs` (pixels made chunk by chunk as the vision tower reads them).
     `grad_in_callback` runs the callback with autograd on (the states themselves never require grad).
-    `frames_per_chunk` encodes the frames with the vision tower that many at a time (see `encode_frames_in_chunks`).
+    `frames_per_chunk` encodes the frames with the vision tower that many at a time (see `encode_frames_in_chunks`);
+    `None` encodes a processor batch's frames in one batch, and each video of `ChunkedVideoInputs` in one chunk.
     """
     decoder_layers = text_decoder_layers(model)
     wanted = sorted(set(layers))
@@ -96,7 +123,10 @@ def stream_decoder_layer_inputs(
     handles = [decoder_layers[idx].register_forward_pre_hook(make_hook(idx), with_kwargs=True) for idx in wanted]
     try:
         with torch.no_grad():
-            if frames_per_chunk is not None and "pixel_values" in inputs:
+            if isinstance(inputs, ChunkedVideoInputs):
+                chunks = [inputs.pixel_chunks(item, frames_per_chunk) for item in range(len(inputs.videos))]
+                inputs = {**inputs, "mm_encoder_outputs": encode_frame_chunks(body, chunks)}
+            elif frames_per_chunk is not None and "pixel_values" in inputs:
                 inputs = dict(inputs)
                 inputs["mm_encoder_outputs"] = encode_frames_in_chunks(
                     body, inputs.pop("pixel_values"), inputs.pop("pixel_attention_mask", None), frames_per_chunk

@@ -9,19 +9,23 @@ Three kinds of input, one user turn each, formatted by `SmolVLMProcessor.apply_c
 
 Inference (`HyperLoraModel.text_inputs` / `video_inputs` / `answer`), training (`VideoTextCollator`), teacher caching,
 evaluation, the CLI and the benchmarks all call these, so a prompt a model was trained on is the prompt it is asked.
+
+For long videos `build_chunked_hypernetwork_inputs` gives the same tokens with the pixels left for later:
+`ChunkedVideoInputs.pixel_chunks` reads (decodes) and processes a chunk of frames at a time, so the float pixels of the
+whole video never exist at once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-from .video import Video
+from .video import Video, VideoReader
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,19 @@ def build_video_inputs(
 
     Returns `input_ids`/`attention_mask` `(B, S)` and `pixel_values` `(B, T_max, 3, H, W)`.
     """
+    return _video_batch(processor, videos, prompt, video_size, add_generation_prompt, padding_side)
+
+
+def _video_batch(
+    processor: ProcessorMixin,
+    videos: Sequence[Video],
+    prompt: str | Sequence[str],
+    video_size: int | None,
+    add_generation_prompt: bool,
+    padding_side: str | None,
+    **video_kwargs: Any,
+) -> BatchFeature:
+    """`build_video_inputs`, with `video_kwargs` passed on to the video processor."""
     prompts = [prompt] * len(videos) if isinstance(prompt, str) else list(prompt)
     if len(prompts) != len(videos):
         raise ValueError(f"Got {len(prompts)} prompts for {len(videos)} videos.")
@@ -125,6 +142,7 @@ def build_video_inputs(
         "video_metadata": [video.metadata for video in videos],
         "do_sample_frames": False,  # frames were sampled by `load_video`
         "padding": True,
+        **video_kwargs,
     }
     if video_size is not None:
         processor_kwargs["size"] = {"longest_edge": video_size}
@@ -148,3 +166,109 @@ def build_hypernetwork_inputs(
     return build_video_inputs(
         processor, videos, spec.prompt, spec.video_size, spec.generation_prompt, padding_side=padding_side
     )
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkedVideoInputs(Mapping[str, torch.Tensor]):
+    """The inputs of `build_video_inputs` with the pixels made on demand, a chunk of frames at a time.
+
+    As a mapping it holds the token tensors, `input_ids` and `attention_mask` `(B, S)`, token for token those of
+    `build_video_inputs` for the same videos and prompts. `pixel_values` are not built: `pixel_chunks(i, n)` reads
+    video `i`'s frames `n` at a time (decoding them, for a `VideoReader`) and runs the processor's video processor on
+    each chunk, so only one chunk's float pixels exist at once. `stream_decoder_layer_inputs` takes these inputs as
+    it takes a processor batch.
+
+    Attributes:
+        text: `input_ids` and `attention_mask` `(B, S)`.
+        videos: the `B` videos, `Video`s or `VideoReader`s.
+        processor: the processor whose video processor makes the pixels.
+        video_size: longest edge frames are first resized to; `None` keeps the processor's setting.
+        device, dtype: where and in which floating dtype `pixel_chunks` puts the pixels.
+    """
+
+    text: dict[str, torch.Tensor]
+    videos: tuple[Video | VideoReader, ...]
+    processor: ProcessorMixin
+    video_size: int | None = None
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.text[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.text)
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ChunkedVideoInputs:
+        """These inputs with the tokens on `device` and the pixels to come on `device` in `dtype`."""
+        return replace(self, text=to_model_inputs(self.text, device, dtype), device=device, dtype=dtype)
+
+    def pixel_chunks(self, index: int, frames_per_chunk: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The pixels of video `index`, `frames_per_chunk` frames at a time (all at once for `None`), each chunk read
+        and processed when it is asked for.
+
+        Yields:
+            `pixel_values` `(1, n, 3, P, P)` in `dtype` and `pixel_attention_mask` `(1, n, P, P)`, on `device`: for
+            consecutive chunks, what `build_video_inputs` gives for those frames (its batch padding aside).
+        """
+        video = self.videos[index]
+        size = {} if self.video_size is None else {"size": {"longest_edge": self.video_size}}
+        step = video.num_frames if frames_per_chunk is None else frames_per_chunk
+        for start in range(0, video.num_frames, step):
+            stop = min(start + step, video.num_frames)
+            frames = video.frames[start:stop] if isinstance(video, Video) else video.read(start, stop).frames
+            batch = self.processor.video_processor([frames], do_sample_frames=False, return_tensors="pt", **size)
+            yield (
+                batch["pixel_values"].to(self.device, self.dtype),
+                batch["pixel_attention_mask"].to(self.device),
+            )
+
+
+def build_chunked_hypernetwork_inputs(
+    processor: ProcessorMixin,
+    videos: Sequence[Video | VideoReader],
+    spec: HypernetworkInputSpec,
+    padding_side: str | None = None,
+) -> ChunkedVideoInputs:
+    """The hypernetwork's inputs as [`build_hypernetwork_inputs`] gives them, with the pixels made chunk by chunk
+    ([`ChunkedVideoInputs`]): frames of a `VideoReader` are decoded only when their chunk is processed."""
+    text = _prompt_tokens(processor, videos, spec.prompt, spec.video_size, spec.generation_prompt, padding_side)
+    return ChunkedVideoInputs(text=text, videos=tuple(videos), processor=processor, video_size=spec.video_size)
+
+
+def _prompt_tokens(
+    processor: ProcessorMixin,
+    videos: Sequence[Video | VideoReader],
+    prompt: str | Sequence[str],
+    video_size: int | None,
+    add_generation_prompt: bool,
+    padding_side: str | None,
+) -> dict[str, torch.Tensor]:
+    """`input_ids` / `attention_mask` of `build_video_inputs` without processing the frames.
+
+    The processor writes a video's text (`SmolVLMProcessor.replace_video_token`: the intro with the frame count and
+    duration, then per frame "Frame from MM:SS" and `image_seq_len` image tokens) from the number of frames in
+    `pixel_values` and the metadata alone, never from pixel values or sizes. So the processor is run, with its own
+    template, tokenizer and batch padding, on 2×2 black stand-in frames, as many as each video has, with its video
+    processor's resize, rescale and normalisation off: a few bytes per frame. This relies on that property of
+    SmolVLM's processor; `tests/test_inputs.py` checks token for token against the real frames, and fails if a
+    transformers upgrade makes the text depend on the pixels.
+    """
+    stand_ins = [
+        Video(frames=torch.zeros((v.num_frames, 3, 2, 2), dtype=torch.uint8), metadata=v.metadata) for v in videos
+    ]
+    batch = _video_batch(
+        processor,
+        stand_ins,
+        prompt,
+        video_size,
+        add_generation_prompt,
+        padding_side,
+        do_resize=False,
+        do_rescale=False,
+        do_normalize=False,
+    )
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

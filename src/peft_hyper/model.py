@@ -29,7 +29,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .composition import compose_adapters
+from .composition import Composition, compose_adapters
 from .config import HyperLoraConfig
 from .errors import (
     IncompatibleBaseModelError,
@@ -43,7 +43,9 @@ from .generated_adapters import GeneratedAdapters, check_lora_state_dict, write_
 from .hidden_states import split_decoder_module_name, stream_decoder_layer_inputs
 from .hypernetwork import HyperNetwork, LoraTarget
 from .inputs import (
+    ChunkedVideoInputs,
     HypernetworkInputSpec,
+    build_chunked_hypernetwork_inputs,
     build_hypernetwork_inputs,
     build_text_inputs,
     build_video_inputs,
@@ -52,7 +54,7 @@ from .inputs import (
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .reference_hypernetwork import ReferenceHyperNetwork
 from .saving import atomic_directory
-from .video import Video, VideoInput, load_video, split_video
+from .video import Video, VideoInput, VideoReader, load_video, open_video, split_video
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
@@ -427,6 +429,22 @@ class HyperLoraModel(BaseTuner):
     ) -> tuple[list[Video], bool]:
         """Decode and sample one video or a list of them as the active hypernetwork reads videos (`num_frames` /
         `fps` override its spec). Returns the videos and whether the input was a list."""
+        return self._sampled_videos(load_video, video, num_frames, fps)
+
+    def open_videos(
+        self, video: VideoInput | Sequence[VideoInput], num_frames: int | None = None, fps: float | None = None
+    ) -> tuple[list[VideoReader], bool]:
+        """`load_videos` without decoding: `VideoReader`s whose frames are decoded when read. Returns the readers and
+        whether the input was a list."""
+        return self._sampled_videos(open_video, video, num_frames, fps)
+
+    def _sampled_videos(
+        self,
+        sample: Callable[..., Any],
+        video: VideoInput | Sequence[VideoInput],
+        num_frames: int | None,
+        fps: float | None,
+    ) -> tuple[list[Any], bool]:
         spec = self.input_spec
         num_frames = spec.num_frames if num_frames is None else num_frames
         fps = spec.fps if fps is None else fps
@@ -436,7 +454,7 @@ class HyperLoraModel(BaseTuner):
         if batched and len(video) == 0:
             raise InvalidFramesError("An empty list of videos was passed; pass at least one video.")
         items = list(video) if batched else [video]
-        return [load_video(v, num_frames=num_frames, fps=fps, sampling=spec.frame_sampling) for v in items], batched
+        return [sample(v, num_frames=num_frames, fps=fps, sampling=spec.frame_sampling) for v in items], batched
 
     def hypernetwork_inputs(
         self, videos: Sequence[Video], spec: HypernetworkInputSpec | None = None, padding_side: str | None = None
@@ -446,6 +464,13 @@ class HyperLoraModel(BaseTuner):
         `pixel_values` `(B, T, 3, P, P)`."""
         spec = self.input_spec if spec is None else spec
         return self._on_device(build_hypernetwork_inputs(self.processor, videos, spec, padding_side))
+
+    def chunked_hypernetwork_inputs(self, videos: Sequence[Video | VideoReader]) -> ChunkedVideoInputs:
+        """`hypernetwork_inputs` with the pixels made chunk by chunk (`frames_per_vision_chunk` frames, decoded from
+        a `VideoReader` only then) as the vision tower reads them: what `generate_adapter` runs on."""
+        param = next(self.model.parameters())
+        inputs = build_chunked_hypernetwork_inputs(self.processor, videos, self.input_spec)
+        return inputs.to(param.device, param.dtype)
 
     def text_inputs(self, questions: str | Sequence[str], padding_side: str = "left") -> dict[str, torch.Tensor]:
         """Inputs that ask `questions` (one per row) with no video in context — zero visual tokens — on the model's
@@ -507,8 +532,11 @@ class HyperLoraModel(BaseTuner):
 
     # ------------------------------------------------------------------ video → LoRA
     @_serialized
-    def generate_lora_factors(self, inputs: dict[str, torch.Tensor], grad: bool = False) -> LoraFactors:
-        """Run the frozen VLM once over processor `inputs` and the active hypernetwork on each needed layer.
+    def generate_lora_factors(
+        self, inputs: dict[str, torch.Tensor] | ChunkedVideoInputs, grad: bool = False
+    ) -> LoraFactors:
+        """Run the frozen VLM once over processor `inputs` (or `ChunkedVideoInputs`) and the active hypernetwork on
+        each needed layer.
 
         Returns name → (A `(B, r_total, in)`, B `(B, out, r_total)`); with `grad=True` they carry gradients to the
         hypernetwork (for training).
@@ -552,20 +580,23 @@ class HyperLoraModel(BaseTuner):
                 prompt carries its frames' times in the whole video.
             max_rank: cap the rank of the result (exact when ΔW's rank allows, truncated SVD otherwise).
 
+        Memory: frames are sampled first and decoded, processed and encoded by the vision tower
+        `frames_per_vision_chunk` at a time, so that the frames in memory are those of one chunk however long the
+        video. Without segments the text decoder still reads the whole video's tokens at once (its states grow with
+        the frames); with segments it reads one batch of segments at a time.
+
         Returns:
             A state dict, or a list of state dicts for a list input. Tensors are float32, on the model's device.
         """
-        videos, batched = self.load_videos(video, num_frames, fps)
+        videos, batched = self.open_videos(video, num_frames, fps)
         if segment_frames is None:
             with torch.no_grad():
-                state_dicts = factors_to_state_dicts(self.generate_lora_factors(self.hypernetwork_inputs(videos)))
+                inputs = self.chunked_hypernetwork_inputs(videos)
+                state_dicts = factors_to_state_dicts(self.generate_lora_factors(inputs))
+            if max_rank is not None:
+                state_dicts = [self.compose_adapters([state_dict], max_rank=max_rank) for state_dict in state_dicts]
         else:
-            state_dicts = [
-                self.generate_segment_adapters(v, segment_frames, segment_batch_size=segment_batch_size)
-                for v in videos
-            ]
-        if max_rank is not None or segment_frames is not None:
-            state_dicts = [self.compose_adapters(parts, max_rank=max_rank) for parts in _as_parts(state_dicts)]
+            state_dicts = [self._segmented_adapter(v, segment_frames, segment_batch_size, max_rank) for v in videos]
         for state_dict in state_dicts:
             check_finite(state_dict, "generated adapter")
         return state_dicts if batched else state_dicts[0]
@@ -586,18 +617,33 @@ class HyperLoraModel(BaseTuner):
         Returns one state dict per segment, in order, each of rank `r + bias_rank` (the last `bias_rank` ranks, the
         bias block, identical in all of them), float32 on the model's device.
         """
-        if isinstance(segment_batch_size, bool) or not isinstance(segment_batch_size, int) or segment_batch_size < 1:
-            raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {segment_batch_size!r}.")
-        (loaded,), _ = self.load_videos([video], num_frames, fps)
-        segments = split_video(loaded, segment_frames)
-        parts = []
-        for start in range(0, len(segments), segment_batch_size):
-            inputs = self.hypernetwork_inputs(segments[start : start + segment_batch_size])
-            with torch.no_grad():
-                parts.extend(factors_to_state_dicts(self.generate_lora_factors(inputs)))
+        (reader,), _ = self.open_videos([video], num_frames, fps)
+        parts = list(self._segment_adapters(split_video(reader, segment_frames), segment_batch_size))
         for part in parts:
             check_finite(part, "generated segment adapter")
         return parts
+
+    def _segmented_adapter(
+        self, video: VideoReader, segment_frames: int, batch_size: int, max_rank: int | None
+    ) -> dict[str, torch.Tensor]:
+        """The composed adapter of `video`'s segments: each batch's adapters are copied into the composed adapter
+        (`Composition`) and dropped, so memory holds one chunk of frames, one batch's states and adapters, and the
+        composed adapter (`K·r + r_b` ranks, the output) however many segments there are."""
+        segments = split_video(video, segment_frames)
+        composition = Composition(len(segments), self.hyper_config.bias_rank)
+        for part in self._segment_adapters(segments, batch_size):
+            composition.add(part)
+        return composition.result(max_rank)
+
+    def _segment_adapters(self, segments: list[VideoReader], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The adapters of `segments`, in order, `batch_size` segments per VLM and hypernetwork forward: a segment's
+        frames are decoded and processed when the vision tower reads them."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {batch_size!r}.")
+        for start in range(0, len(segments), batch_size):
+            inputs = self.chunked_hypernetwork_inputs(segments[start : start + batch_size])
+            with torch.no_grad():
+                yield from factors_to_state_dicts(self.generate_lora_factors(inputs))
 
     def compose_adapters(
         self, adapters: Sequence[dict[str, torch.Tensor]], max_rank: int | None = None
@@ -767,11 +813,6 @@ class HyperLoraModel(BaseTuner):
         state = self.__dict__.copy()
         state.pop("_call_lock", None)  # a lock cannot be copied or pickled; a copy makes its own on first use
         return state
-
-
-def _as_parts(state_dicts: list[Any]) -> list[list[dict[str, torch.Tensor]]]:
-    """Each item as a list of parts to compose: segment adapters stay lists, a whole-video adapter is one part."""
-    return [item if isinstance(item, list) else [item] for item in state_dicts]
 
 
 def _architecture_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str:

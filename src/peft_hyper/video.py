@@ -6,6 +6,10 @@ equal time slots) or `"reference"` (the rule the reference Frames2LoRA checkpoin
 processor, at most 12 frames at 1 fps, the first and last second skipped on long clips, both ends included). The frames come with a `TimedVideoMetadata` (a `transformers` `VideoMetadata`) whose
 `timestamps` are the sampled frames' presentation times; `SmolVLMProcessor` writes them into the prompt
 ("Frame from MM:SS").
+
+`open_video` samples without decoding: it returns a `VideoReader` that knows which frames it will give and when each is
+shown, and decodes frames only when they are read, so a long video can be read a chunk or a segment at a time (memory
+of one chunk, however long the video). `load_video` is `open_video(...).read()`: every sampled frame at once.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import io
 import math
 import numbers
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -26,7 +30,7 @@ from transformers.video_utils import VideoMetadata
 
 from .errors import EmptyVideoError, InvalidFramesError, InvalidSamplingError, VideoDecodeError, VideoNotFoundError
 
-VideoInput = Union[str, os.PathLike, bytes, io.IOBase, torch.Tensor, Sequence[Any], "Video"]
+VideoInput = Union[str, os.PathLike, bytes, io.IOBase, torch.Tensor, Sequence[Any], "Video", "VideoReader"]
 
 _INPUT_KINDS = "a path, bytes, a binary file object, a uint8 tensor (T, 3, H, W) or a list of PIL images"
 
@@ -80,34 +84,110 @@ class Video:
         return self.frames.shape[0]
 
 
-def split_video(video: Video, segment_frames: int) -> list[Video]:
+class VideoReader:
+    """The sampled frames of one video, decoded when they are read (`open_video`).
+
+    A reader holds what sampling decided — which frames, and when each is shown — and a way to decode them, but no
+    frames, so its memory does not grow with the video. `read(start, stop)` decodes sampled frames `start..stop-1`
+    only; `split_video(reader, n)` cuts it into readers of consecutive segments without decoding anything.
+
+    Attributes:
+        metadata: as `Video.metadata` for all of the reader's frames: their source indices (`frames_indices`) and
+            presentation times from the start of the whole video (`timestamps`), the source's frame count, fps and
+            duration.
+    """
+
+    def __init__(
+        self,
+        metadata: VideoMetadata,
+        decode: Callable[[list[int]], torch.Tensor],
+        positions: range,
+    ) -> None:
+        """Readers come from `open_video` and `split_video`.
+
+        Args:
+            metadata: the metadata of the frames at `positions`.
+            decode: positions among the sampled frames of the whole video → those frames, `(n, 3, H, W)` uint8.
+            positions: where this reader's frames are among the sampled frames of the whole video.
+        """
+        self.metadata = metadata
+        self._decode = decode
+        self._positions = positions
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._positions)
+
+    def read(self, start: int = 0, stop: int | None = None) -> Video:
+        """Decode sampled frames `start..stop-1` (all by default): a `Video` `(stop - start, 3, H, W)` uint8 whose
+        metadata keeps the frames' times from the start of the whole video.
+
+        Raises:
+            InvalidSamplingError: no frame in `start..stop-1`.
+            VideoDecodeError: the file cannot be decoded there (truncated or corrupt).
+        """
+        start, stop, _ = slice(start, stop).indices(self.num_frames)
+        if start >= stop:
+            raise InvalidSamplingError(
+                f"Cannot read frames {start}..{stop - 1} of a reader of {self.num_frames} frames; pass "
+                f"0 <= start < stop <= {self.num_frames}."
+            )
+        frames = self._decode(list(self._positions[start:stop]))
+        metadata = _clip_metadata(self.metadata, start, stop)
+        if (metadata.width, metadata.height) != (frames.shape[-1], frames.shape[-2]):
+            # what the decoder returns wins (as when frames were always decoded at once)
+            metadata = replace(metadata, width=frames.shape[-1], height=frames.shape[-2])
+        return Video(frames=frames, metadata=metadata)
+
+    def clip(self, start: int, stop: int) -> VideoReader:
+        """A reader of sampled frames `start..stop-1`, nothing decoded; times stay those in the whole video."""
+        return VideoReader(_clip_metadata(self.metadata, start, stop), self._decode, self._positions[start:stop])
+
+    def __repr__(self) -> str:
+        return f"VideoReader(num_frames={self.num_frames}, timestamps={_short(self.metadata.timestamps)})"
+
+
+def split_video(video: Video | VideoReader, segment_frames: int) -> list[Video] | list[VideoReader]:
     """Cut the sampled frames of `video` into consecutive, non-overlapping segments of `segment_frames` frames (the
     last may be shorter).
 
     Each segment keeps its frames' presentation times from the start of the whole video, and the whole video's
     duration, so that the prompt SmolVLM's processor writes for a segment ("Frame from MM:SS", "… frames from a MM:SS
-    video") says where in the video it is.
+    video") says where in the video it is. A `Video` gives `Video`s (views of its frames); a `VideoReader` gives
+    `VideoReader`s, and nothing is decoded until a segment is read.
     """
     if isinstance(segment_frames, bool) or not isinstance(segment_frames, int) or segment_frames < 1:
         raise InvalidSamplingError(f"segment_frames must be a whole number >= 1, got {segment_frames!r}.")
-    meta = video.metadata
+    bounds = [
+        (start, min(start + segment_frames, video.num_frames)) for start in range(0, video.num_frames, segment_frames)
+    ]
+    if isinstance(video, VideoReader):
+        return [video.clip(start, stop) for start, stop in bounds]
+    return [
+        Video(frames=video.frames[start:stop], metadata=_clip_metadata(video.metadata, start, stop))
+        for start, stop in bounds
+    ]
+
+
+def _clip_metadata(meta: VideoMetadata, start: int, stop: int) -> TimedVideoMetadata:
+    """The metadata of sampled frames `start..stop-1`: their indices and times; the whole video's length and size."""
     times = list(meta.timestamps)
-    indices = list(meta.frames_indices) if meta.frames_indices is not None else list(range(video.num_frames))
-    segments = []
-    for start in range(0, video.num_frames, segment_frames):
-        stop = min(start + segment_frames, video.num_frames)
-        metadata = TimedVideoMetadata(
-            total_num_frames=meta.total_num_frames,
-            fps=meta.fps,
-            width=meta.width,
-            height=meta.height,
-            duration=meta.duration,
-            video_backend=meta.video_backend,
-            frames_indices=indices[start:stop],
-            frames_timestamps=times[start:stop],
-        )
-        segments.append(Video(frames=video.frames[start:stop], metadata=metadata))
-    return segments
+    indices = list(meta.frames_indices) if meta.frames_indices is not None else list(range(len(times)))
+    return TimedVideoMetadata(
+        total_num_frames=meta.total_num_frames,
+        fps=meta.fps,
+        width=meta.width,
+        height=meta.height,
+        duration=meta.duration,
+        video_backend=meta.video_backend,
+        frames_indices=indices[start:stop],
+        frames_timestamps=times[start:stop],
+    )
+
+
+def _short(values: Sequence[float]) -> str:
+    values = [round(float(v), 3) for v in values]
+    return str(values) if len(values) <= 4 else f"[{values[0]}, {values[1]}, ..., {values[-1]}]"
 
 
 def sample_frame_indices(
@@ -284,11 +364,11 @@ def load_video(
     source_fps: float = 1.0,
     sampling: str = "uniform",
 ) -> Video:
-    """Decode and sample a video.
+    """Decode and sample a video: every sampled frame at once (`open_video` reads them a chunk at a time).
 
     Args:
-        source: a path, raw bytes, a binary file object, a uint8 tensor `(T, 3, H, W)`, a list of PIL images, or a
-            `Video` (returned as is).
+        source: a path, raw bytes, a binary file object, a uint8 tensor `(T, 3, H, W)`, a list of PIL images, a
+            `Video` (returned as is) or a `VideoReader` (read).
         num_frames: the number of frames to sample (an upper bound when `fps` is given).
         fps: sample one frame every `1/fps` seconds instead of uniformly; with `sampling="reference"`, the target
             rate (`None`: 1 fps, the reference's).
@@ -307,6 +387,29 @@ def load_video(
         InvalidFramesError: the input is of the wrong type, or frames of the wrong dtype or shape.
         VideoNotFoundError, EmptyVideoError, VideoDecodeError: the file is missing, empty or not a decodable video.
     """
+    reader = open_video(source, num_frames=num_frames, fps=fps, source_fps=source_fps, sampling=sampling)
+    return source if isinstance(source, Video) else reader.read()
+
+
+def open_video(
+    source: VideoInput,
+    num_frames: int = 12,
+    fps: float | None = None,
+    source_fps: float = 1.0,
+    sampling: str = "uniform",
+) -> VideoReader:
+    """Sample a video without decoding its frames: a `VideoReader` that decodes them when they are read.
+
+    Takes the arguments of `load_video` and samples the same frames with the same times (`open_video(...).read()` is
+    `load_video(...)`). A file is opened and its packets scanned for every frame's presentation time (no decoding);
+    frames are decoded by `read`, only those asked for. Tensor and PIL inputs are already in memory: reading slices
+    them. A `Video` gives a reader of its frames, a `VideoReader` is returned as is. With torchcodec < 0.17 (no
+    packet scan) a frame's time is known only once it is decoded, so opening a file decodes its sampled frames.
+
+    Raises:
+        The errors of `load_video`, except that a file that opens but cannot be decoded raises `VideoDecodeError`
+        when the broken frames are read.
+    """
     num_frames, fps = _check_sampling(num_frames, fps)
     if sampling not in FRAME_SAMPLING:
         raise InvalidSamplingError(f"sampling must be one of {FRAME_SAMPLING}, got {sampling!r}.")
@@ -318,8 +421,10 @@ def load_video(
             "rate of your pre-decoded frames (it only sets their timestamps), e.g. source_fps=30.0."
         )
     source_fps = float(source_fps)
-    if isinstance(source, Video):
+    if isinstance(source, VideoReader):
         return source
+    if isinstance(source, Video):
+        return _in_memory_reader(source.frames, source.metadata, list(range(source.num_frames)))
     if isinstance(source, torch.Tensor):
         return _sample_decoded(_check_frame_tensor(source), num_frames, fps, source_fps, sampling)
     if isinstance(source, np.ndarray):
@@ -341,7 +446,7 @@ def load_video(
         )
     elif not isinstance(source, io.IOBase) and not hasattr(source, "read"):
         raise InvalidFramesError(f"Cannot read a video from a {type(source).__name__}. Pass {_INPUT_KINDS}.")
-    return _decode(source, num_frames, fps, sampling)
+    return _open_file(source, num_frames, fps, sampling)
 
 
 def _check_sampling(num_frames: Any, fps: Any) -> tuple[int, float | None]:
@@ -382,7 +487,7 @@ def _check_path(source: str | os.PathLike) -> str:
     return str(path)
 
 
-def _decode(source: Any, num_frames: int, fps: float | None, sampling: str = "uniform") -> Video:
+def _open_file(source: Any, num_frames: int, fps: float | None, sampling: str = "uniform") -> VideoReader:
     from torchcodec.decoders import VideoDecoder
 
     name = source if isinstance(source, str) else f"<{type(source).__name__}>"
@@ -400,41 +505,58 @@ def _decode(source: Any, num_frames: int, fps: float | None, sampling: str = "un
     if not total:
         raise EmptyVideoError(f"{name} contains no video frames. Pass a video with at least one frame.")
     average_fps = _positive_or_none(meta.average_fps)
-    begin = float(meta.begin_stream_seconds or 0.0)
-    if pts is not None and len(pts) == total:
-        end = float(meta.end_stream_seconds) if meta.end_stream_seconds is not None else float(pts[-1])
-        if sampling == "reference":
-            indices = sample_frames_reference(pts, end, num_frames, fps)
-        else:
-            indices = sample_frames_by_time(pts, end, num_frames, fps)
-        begin = float(pts[0])
-    else:  # no frame index (torchcodec < 0.17): assume a constant rate, as the container's average fps says
-        indices = _indices_at_constant_rate(total, average_fps, num_frames, fps, sampling)
-    try:
-        batch = decoder.get_frames_at(indices)
-        frames = batch.data
-    except Exception as exc:
-        raise VideoDecodeError(
-            f"Decoding frames {indices[0]}..{indices[-1]} of {name} failed ({exc}); the file is probably truncated or "
-            "corrupt. Re-encode or re-download it."
-        ) from exc
-    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3 or 0 in frames.shape:
-        raise VideoDecodeError(
-            f"{name} decoded to frames of shape {tuple(frames.shape)} and dtype {frames.dtype}, not (T, 3, H, W) "
-            "uint8. Re-encode it as an 8-bit RGB/YUV video (e.g. H.264 yuv420p)."
+
+    def decode(indices: list[int]) -> tuple[torch.Tensor, list[float]]:
+        """Frames at source `indices`, `(n, 3, H, W)` uint8, and their pts in seconds."""
+        try:
+            batch = decoder.get_frames_at(indices)
+            frames = batch.data
+        except Exception as exc:
+            raise VideoDecodeError(
+                f"Decoding frames {indices[0]}..{indices[-1]} of {name} failed ({exc}); the file is probably "
+                "truncated or corrupt. Re-encode or re-download it."
+            ) from exc
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3 or 0 in frames.shape:
+            raise VideoDecodeError(
+                f"{name} decoded to frames of shape {tuple(frames.shape)} and dtype {frames.dtype}, not (T, 3, H, W) "
+                "uint8. Re-encode it as an 8-bit RGB/YUV video (e.g. H.264 yuv420p)."
+            )
+        return frames.contiguous(), batch.pts_seconds.double().tolist()
+
+    def metadata(indices: list[int], timestamps: list[float], width: int, height: int) -> TimedVideoMetadata:
+        return TimedVideoMetadata(
+            total_num_frames=total,
+            fps=average_fps,
+            width=width,
+            height=height,
+            duration=_positive_or_none(meta.duration_seconds),
+            video_backend="torchcodec",
+            frames_indices=indices,
+            frames_timestamps=timestamps,
         )
-    timestamps = [max(0.0, float(t) - begin) for t in batch.pts_seconds.double().tolist()]
-    metadata = TimedVideoMetadata(
-        total_num_frames=total,
-        fps=average_fps,
-        width=frames.shape[-1],
-        height=frames.shape[-2],
-        duration=_positive_or_none(meta.duration_seconds),
-        video_backend="torchcodec",
-        frames_indices=indices,
-        frames_timestamps=timestamps,
-    )
-    return Video(frames=frames.contiguous(), metadata=metadata)
+
+    if pts is None or len(pts) != total:
+        # No frame index (torchcodec < 0.17): assume a constant rate, as the container's average fps says; a frame's
+        # pts is known only once it is decoded, so the sampled frames are decoded now.
+        indices = _indices_at_constant_rate(total, average_fps, num_frames, fps, sampling)
+        begin = float(meta.begin_stream_seconds or 0.0)
+        frames, frame_pts = decode(indices)
+        times = [max(0.0, t - begin) for t in frame_pts]
+        return _in_memory_reader(
+            frames, metadata(indices, times, frames.shape[-1], frames.shape[-2]), list(range(len(indices)))
+        )
+    end = float(meta.end_stream_seconds) if meta.end_stream_seconds is not None else float(pts[-1])
+    if sampling == "reference":
+        indices = sample_frames_reference(pts, end, num_frames, fps)
+    else:
+        indices = sample_frames_by_time(pts, end, num_frames, fps)
+    # The scan's pts are the decoder's, bit for bit (both are the packets' pts times the stream's time base).
+    times = [max(0.0, float(pts[index]) - float(pts[0])) for index in indices]
+
+    def decode_sampled(positions: list[int]) -> torch.Tensor:
+        return decode([indices[position] for position in positions])[0]
+
+    return VideoReader(metadata(indices, times, meta.width, meta.height), decode_sampled, range(len(indices)))
 
 
 def _presentation_times(source: Any) -> np.ndarray | None:
@@ -526,7 +648,7 @@ def _indices_at_constant_rate(
 
 def _sample_decoded(
     frames: torch.Tensor, num_frames: int, fps: float | None, source_fps: float, sampling: str = "uniform"
-) -> Video:
+) -> VideoReader:
     total = frames.shape[0]
     duration = total / source_fps
     if not math.isfinite(duration):
@@ -545,4 +667,14 @@ def _sample_decoded(
         frames_indices=indices,
         frames_timestamps=[index / source_fps for index in indices],
     )
-    return Video(frames=frames[indices].contiguous(), metadata=metadata)
+    return _in_memory_reader(frames, metadata, indices)
+
+
+def _in_memory_reader(frames: torch.Tensor, metadata: VideoMetadata, indices: list[int]) -> VideoReader:
+    """A reader of `frames[indices]`, `indices` parallel to `metadata.timestamps` (frames already in memory: reading
+    slices them)."""
+
+    def decode(positions: list[int]) -> torch.Tensor:
+        return frames[[indices[position] for position in positions]].contiguous()
+
+    return VideoReader(metadata, decode, range(len(indices)))
