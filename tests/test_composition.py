@@ -12,6 +12,7 @@ from transformers import SmolVLMForConditionalGeneration
 from peft_hyper import InvalidAdapterError, compose_adapters, load_video, split_video
 from peft_hyper.composition import compose_factors, truncation_errors
 from peft_hyper.lora import factors_to_state_dicts, lora_state_dict_keys
+from peft_hyper.testing.videos import make_test_frames
 
 R, BIAS = 4, 4  # small_config: rank 4 + bias rank 4
 
@@ -158,3 +159,14 @@ def test_composed_factors_are_the_composed_adapters_of_each_video_and_carry_grad
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tuner.hypernetwork.parameters())
     with pytest.raises(ValueError, match="needs a segment"):
         compose_factors(factors, torch.tensor([0, 0, 2, 2, 2, 2]), BIAS)
+
+
+def test_segments_cover_the_whole_video_at_one_frame_per_second_unless_told_otherwise(hyper_model, clips):
+    tuner = hyper_model.base_model  # small_config: num_frames=4, fps=None
+    frames = make_test_frames(40, 32, 32, seed=0)  # pre-decoded frames are 1 fps unless said: 40 s
+    rank = lambda sd: next(v.shape[0] for k, v in sd.items() if ".lora_A." in k)  # noqa: E731
+    assert rank(tuner.generate_adapter(frames, segment_frames=12)) == 4 * R + BIAS  # 40 frames: 12 + 12 + 12 + 4
+    assert len(tuner.generate_segment_adapters(frames, 12)) == 4
+    assert rank(tuner.generate_adapter(frames, segment_frames=12, num_frames=24)) == 2 * R + BIAS  # as asked
+    assert rank(tuner.generate_adapter(clips[0], segment_frames=1)) == 2 * R + BIAS  # 16 frames at 8 fps: 2 s
+    assert rank(tuner.generate_adapter(frames)) == R + BIAS  # without segments: the config's 4 frames, one adapter

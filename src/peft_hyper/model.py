@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -57,6 +58,8 @@ from .saving import atomic_directory
 from .video import Video, VideoInput, VideoReader, load_video, open_video, split_video
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+# Frames per second segments are sampled at when no `num_frames` is given (see `_segment_sampling`).
+DEFAULT_SEGMENT_FPS = 1.0
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _RESERVED_SUBSTRINGS = ("lora_", "hypernetworks", "base_layer")
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -573,7 +576,8 @@ class HyperLoraModel(BaseTuner):
         Args:
             video: a path, bytes, binary file object, uint8 tensor `(T, 3, H, W)`, list of PIL images, or a list of
                 any of these (a batch: one VLM forward and one hypernetwork forward for all of them).
-            num_frames / fps: frame sampling; defaults from the config.
+            num_frames / fps: frame sampling; defaults from the config — with `segment_frames`, the whole video at `fps`
+                (the config's, else 1 fps) when `num_frames` is not given.
             segment_frames: cut each video's sampled frames into consecutive segments of this many frames, generate
                 one adapter per segment (`segment_batch_size` segments per VLM and hypernetwork forward) and compose
                 them in rank space (`compose_adapters`): rank `K·r + bias_rank` for `K` segments. Each segment's
@@ -588,6 +592,8 @@ class HyperLoraModel(BaseTuner):
         Returns:
             A state dict, or a list of state dicts for a list input. Tensors are float32, on the model's device.
         """
+        if segment_frames is not None:
+            num_frames, fps = self._segment_sampling(num_frames, fps)
         videos, batched = self.open_videos(video, num_frames, fps)
         if segment_frames is None:
             with torch.no_grad():
@@ -617,11 +623,20 @@ class HyperLoraModel(BaseTuner):
         Returns one state dict per segment, in order, each of rank `r + bias_rank` (the last `bias_rank` ranks, the
         bias block, identical in all of them), float32 on the model's device.
         """
-        (reader,), _ = self.open_videos([video], num_frames, fps)
+        (reader,), _ = self.open_videos([video], *self._segment_sampling(num_frames, fps))
         parts = list(self._segment_adapters(split_video(reader, segment_frames), segment_batch_size))
         for part in parts:
             check_finite(part, "generated segment adapter")
         return parts
+
+    def _segment_sampling(self, num_frames: int | None, fps: float | None) -> tuple[int, float | None]:
+        """Frame sampling for segments: what is passed, or — without `num_frames` — the whole video, one frame every
+        `1/fps` seconds (`fps`, else the config's, else 1 fps: SmolVLM2's rate and what Frames2LoRA is trained at),
+        however long it is. A segment of 12 frames is then 12 seconds, like the clips the hypernetwork was trained on,
+        rather than the config's `num_frames` spread over the whole video."""
+        if num_frames is not None:
+            return num_frames, fps
+        return sys.maxsize, fps or self.input_spec.fps or DEFAULT_SEGMENT_FPS
 
     def _segmented_adapter(
         self, video: VideoReader, segment_frames: int, batch_size: int, max_rank: int | None
