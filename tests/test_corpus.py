@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import peft_hyper.corpus
 from peft_hyper.cli import main as cli_main
-from peft_hyper.corpus import adapter_dir_name, internalize_dataset
+from peft_hyper.corpus import adapter_dir_name, internalize_dataset, process_device
 
 
 @pytest.fixture
@@ -88,10 +89,13 @@ def test_shards_split_the_corpus_and_the_main_process_writes_the_index(hyper_mod
     assert first.index is not None and second.index is None and set(index(out)) == {"clip/0", "clip/1", "clip/2"}
 
 
-def test_the_command_exits_nonzero_when_a_video_failed(manifest, tmp_path, capsys):
+def test_the_command_exits_nonzero_when_a_video_failed(manifest, tmp_path, capsys, monkeypatch):
+    devices = []  # the command puts the model on the process's device (its GPU under accelerate launch)
+    monkeypatch.setattr(peft_hyper.corpus, "process_device", lambda: devices.append("cpu") or torch.device("cpu"))
     assert cli_main(["internalize-dataset", str(manifest), "-o", str(tmp_path / "out"), "--frames", "4"]) == 1
     captured = capsys.readouterr()
     assert "3 written, 0 already done, 1 failed" in captured.out and "broken" in captured.err
+    assert devices == ["cpu"] and str(process_device()) == "cpu"  # the real one, on this machine without a GPU
     assert cli_main(["internalize-dataset", str(tmp_path / "nothing.jsonl"), "-o", str(tmp_path / "x")]) == 2
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .config import read_adapter_config
 from .errors import CheckpointError, OutputPathError, PeftHyperError, UsageError
 
 DEFAULT_MODEL_ENV = "FRAMES2LORA_MODEL"
@@ -79,7 +80,7 @@ def checked_checkpoint(model_id: str | None) -> tuple[str, dict[str, Any]]:
         raise UsageError(
             "no --model given and no embedded default checkpoint is installed; pass --model DIR_OR_HUB_ID."
         )
-    config = _read_adapter_config(_checkpoint_config_file(model_id), model_id)
+    config = read_adapter_config(_checkpoint_config_file(model_id), model_id)
     peft_type = config.get("peft_type")
     if peft_type == "LORA":
         raise CheckpointError(
@@ -119,25 +120,6 @@ def _checkpoint_config_file(model_id: str) -> Path:
         ) from exc
 
 
-def _read_adapter_config(path: Path, directory: str | Path) -> dict[str, Any]:
-    """The JSON object in a checkpoint's or adapter's `adapter_config.json` ([`CheckpointError`] when missing or
-    not a JSON object)."""
-    if not path.is_file():
-        raise CheckpointError(
-            f"'{directory}' has no adapter_config.json; pass a directory written by `save_pretrained` or "
-            "`frames2lora internalize`."
-        )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        config = None
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"'{path}' is not a JSON object (truncated or corrupt?); write or download the directory again."
-        )
-    return config
-
-
 def _read_adapter(directory: Path) -> dict[str, Any]:
     """The state dict of an adapter directory written by `frames2lora internalize` (a plain PEFT LoRA adapter)."""
     from safetensors import SafetensorError
@@ -149,7 +131,7 @@ def _read_adapter(directory: Path) -> dict[str, Any]:
             f"'{directory}' is a directory without adapter_model.safetensors; pass a video file or a directory "
             "written by `frames2lora internalize`."
         )
-    peft_type = _read_adapter_config(directory / "adapter_config.json", directory).get("peft_type")
+    peft_type = read_adapter_config(directory / "adapter_config.json", directory).get("peft_type")
     if peft_type == "HYPERLORA":
         raise CheckpointError(
             f"'{directory}' is a Frames2LoRA checkpoint, not a video's adapter; pass it with --model, and a video "
@@ -372,10 +354,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_internalize_dataset(args: argparse.Namespace) -> int:
-    from .corpus import internalize_dataset
+    from .corpus import internalize_dataset, process_device
 
     _check_output_dir(args.output, "-o/--output")
-    model = load_model(args.model)
+    model = load_model(args.model).to(process_device())  # each process on its own GPU under `accelerate launch`
     start = time.perf_counter()
     result = internalize_dataset(
         model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from peft.config import PeftConfig
 
+from .errors import CheckpointError
 from .registration import PEFT_TYPE_HYPERLORA
 from .video import FRAME_SAMPLING, REFERENCE_FPS
 
@@ -290,3 +292,26 @@ class HyperLoraConfig(PeftConfig):
         path = str(pretrained_model_name_or_path)
         config._source_path = os.path.join(path, subfolder) if subfolder else path
         return config
+
+
+def read_adapter_config(path: str | os.PathLike, directory: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in the `adapter_config.json` at `path` of a checkpoint or adapter `directory`.
+
+    Raises:
+        CheckpointError: the file is missing, or is not a JSON object (truncated, garbled), saying what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"'{directory}' has no adapter_config.json; pass a directory written by `save_pretrained` or "
+            "`frames2lora internalize`."
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"'{path}' is not a JSON object (truncated or corrupt?); write or download the directory again."
+        )
+    return config

@@ -243,6 +243,13 @@ def _accelerate_state() -> Any:
     return PartialState()
 
 
+def process_device() -> Any:
+    """This process's device under `accelerate launch` (its GPU, e.g. `cuda:3` for the fourth process of a node), or
+    the CPU where there is none: where `frames2lora internalize-dataset` puts the model. Uses the same process state
+    as the sharding, so asking for the device first does not change how processes join."""
+    return _accelerate_state().device
+
+
 def _process_rank() -> tuple[int, int]:
     state = _accelerate_state()
     return state.process_index, state.num_processes

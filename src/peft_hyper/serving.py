@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import read_adapter_config
 from .errors import AdapterRankError, CheckpointError, IncompatibleBaseModelError, ServingError, UsageError
 from .hidden_states import split_decoder_module_name
 
@@ -145,12 +146,7 @@ def read_lora_adapter(directory: str | os.PathLike) -> LoraAdapterInfo:
             f"'{directory}' is not a LoRA adapter directory (adapter_config.json and adapter_model.safetensors); pass "
             "a directory written by `frames2lora internalize`."
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        config = None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"'{config_file}' is not a JSON object (truncated?); write the adapter again.")
+    config = read_adapter_config(config_file, directory)
     if config.get("peft_type") == "HYPERLORA":
         raise CheckpointError(
             f"'{directory}' is a Frames2LoRA checkpoint, not a video's adapter: serve it with "
