@@ -51,7 +51,7 @@ def adapters(tiny_base_dir, other_base_dir, clips, tmp_path_factory) -> dict[str
     written = {}
     for base, name, segment_frames in ((tiny_base_dir, "clip", None), (tiny_base_dir, "composed", 1)):
         model = get_peft_model(SmolVLMForConditionalGeneration.from_pretrained(base).eval(), small_config())
-        model.internalize(clips[0], adapter_name=name, segment_frames=segment_frames)
+        model.internalize(clips[0], adapter_name=name, num_frames=4, segment_frames=segment_frames)
         model.save_adapter(name, folder / name)
         written[name] = folder / name
     other = get_peft_model(SmolVLMForConditionalGeneration.from_pretrained(other_base_dir).eval(), small_config())

@@ -273,7 +273,7 @@ def test_training_through_composition_is_the_loss_of_the_composed_adapter(workdi
     with torch.no_grad():
         for row in dataset:  # one row per batch: compute_loss's token mean is then that row's CE
             trained = trainer.compute_loss(model, trainer.data_collator([row])).item()
-            tuner.internalize(row["video"], adapter_name="composed", segment_frames=2)  # rank 2·4 + 4
+            tuner.internalize(row["video"], adapter_name="composed", num_frames=4, segment_frames=2)  # rank 2·4 + 4
             single = VideoTextCollator.from_model(model)([row])
             served = model(**{k: single[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item()
             assert trained == pytest.approx(served, rel=1e-5)
