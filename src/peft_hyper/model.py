@@ -618,8 +618,7 @@ class HyperLoraModel(BaseTuner):
         for start in range(0, len(segments), batch_size):
             inputs = self.chunked_hypernetwork_inputs(segments[start : start + batch_size])
             with torch.no_grad():
-                for part in factors_to_state_dicts(self.generate_lora_factors(inputs)):
-                    composition.add(part)
+                composition.extend(factors_to_state_dicts(self.generate_lora_factors(inputs)))
         return composition.result(max_rank)
 
     def compose_adapters(
