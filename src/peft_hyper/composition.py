@@ -55,8 +55,7 @@ def compose_adapters(
     _check_parts(adapters, bias_rank)
     _check_max_rank(max_rank)
     composition = Composition(len(adapters), bias_rank)
-    for part in adapters:
-        composition.add(part)
+    composition.extend(adapters)
     return composition.result(max_rank)
 
 
@@ -98,6 +97,12 @@ class Composition:
             self._composed[key_a][slots] = part[key_a][:rank]
             self._composed[key_b][:, slots] = part[key_b][:, :rank]
         self._added += 1
+
+    def extend(self, parts: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        """`add` each of `parts` in order (a batch's adapters: they may be views of one batch tensor, which is freed
+        when the caller drops the list)."""
+        for part in parts:
+            self.add(part)
 
     def result(self, max_rank: int | None = None) -> StateDict:
         """The composed adapter (`max_rank`: capped as in `compose_adapters`), once every part was added."""

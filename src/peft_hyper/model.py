@@ -624,7 +624,7 @@ class HyperLoraModel(BaseTuner):
         bias block, identical in all of them), float32 on the model's device.
         """
         (reader,), _ = self.open_videos([video], *self._segment_sampling(num_frames, fps))
-        parts = list(self._segment_adapters(split_video(reader, segment_frames), segment_batch_size))
+        parts = self._segment_adapters(split_video(reader, segment_frames), segment_batch_size)
         for part in parts:
             check_finite(part, "generated segment adapter")
         return parts
@@ -642,23 +642,32 @@ class HyperLoraModel(BaseTuner):
         self, video: VideoReader, segment_frames: int, batch_size: int, max_rank: int | None
     ) -> dict[str, torch.Tensor]:
         """The composed adapter of `video`'s segments: each batch's adapters are copied into the composed adapter
-        (`Composition`) and dropped, so memory holds one chunk of frames, one batch's states and adapters, and the
-        composed adapter (`K·r + r_b` ranks, the output) however many segments there are."""
+        (`Composition`) and dropped before the next batch runs, so memory holds one chunk of frames, one batch's states
+        and adapters, and the composed adapter (`K·r + r_b` ranks, the output) however many segments there are."""
         segments = split_video(video, segment_frames)
         composition = Composition(len(segments), self.hyper_config.bias_rank)
-        for part in self._segment_adapters(segments, batch_size):
-            composition.add(part)
+        for batch in self._segment_batches(segments, batch_size):
+            # The batch's adapters are views of its factor tensors: passed as a temporary, no name keeps them alive
+            # into the next batch's forward.
+            composition.extend(self._batch_adapters(batch))
         return composition.result(max_rank)
 
-    def _segment_adapters(self, segments: list[VideoReader], batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The adapters of `segments`, in order, `batch_size` segments per VLM and hypernetwork forward: a segment's
-        frames are decoded and processed when the vision tower reads them."""
+    def _segment_adapters(self, segments: list[VideoReader], batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """The adapters of `segments`, in order, `batch_size` segments per VLM and hypernetwork forward."""
+        return [part for batch in self._segment_batches(segments, batch_size) for part in self._batch_adapters(batch)]
+
+    @staticmethod
+    def _segment_batches(segments: list[VideoReader], batch_size: int) -> list[list[VideoReader]]:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidSamplingError(f"segment_batch_size must be a whole number >= 1, got {batch_size!r}.")
-        for start in range(0, len(segments), batch_size):
-            inputs = self.chunked_hypernetwork_inputs(segments[start : start + batch_size])
-            with torch.no_grad():
-                yield from factors_to_state_dicts(self.generate_lora_factors(inputs))
+        return [segments[start : start + batch_size] for start in range(0, len(segments), batch_size)]
+
+    def _batch_adapters(self, segments: list[VideoReader]) -> list[dict[str, torch.Tensor]]:
+        """One adapter per segment from one VLM and one hypernetwork forward; a segment's frames are decoded and
+        processed when the vision tower reads them."""
+        inputs = self.chunked_hypernetwork_inputs(segments)
+        with torch.no_grad():
+            return factors_to_state_dicts(self.generate_lora_factors(inputs))
 
     def compose_adapters(
         self, adapters: Sequence[dict[str, torch.Tensor]], max_rank: int | None = None
