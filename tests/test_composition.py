@@ -9,7 +9,7 @@ from conftest import small_config
 from peft import PeftModel, get_peft_model
 from transformers import SmolVLMForConditionalGeneration
 
-from peft_hyper import InvalidAdapterError, compose_adapters, load_video, split_video
+from peft_hyper import HyperLoraConfig, InvalidAdapterError, compose_adapters, load_video, split_video
 from peft_hyper.composition import compose_factors, truncation_errors
 from peft_hyper.lora import factors_to_state_dicts, lora_state_dict_keys
 from peft_hyper.testing.videos import make_test_frames
@@ -170,3 +170,65 @@ def test_segments_cover_the_whole_video_at_one_frame_per_second_unless_told_othe
     assert rank(tuner.generate_adapter(frames, segment_frames=12, num_frames=24)) == 2 * R + BIAS  # as asked
     assert rank(tuner.generate_adapter(clips[0], segment_frames=1)) == 2 * R + BIAS  # 16 frames at 8 fps: 2 s
     assert rank(tuner.generate_adapter(frames)) == R + BIAS  # without segments: the config's 4 frames, one adapter
+
+
+@pytest.mark.parametrize("scaling, weight", [("sqrt", 3**-0.5), ("mean", 1 / 3)])
+def test_a_scaled_composition_weighs_every_segment_and_keeps_the_bias_block_whole(hyper_model, parts, scaling, weight):
+    composed = compose_adapters(parts, scaling=scaling)
+    bias = hyper_model.generate_bias_adapter()
+    for module in modules(composed):
+        generated = sum(delta(part, module) - delta(bias, module) for part in parts)
+        torch.testing.assert_close(
+            delta(composed, module), weight * generated + delta(bias, module), rtol=1e-5, atol=1e-6
+        )
+    single = compose_adapters(parts[:1], bias_rank=BIAS, scaling=scaling)
+    assert all(torch.equal(single[k], parts[0][k]) for k in parts[0])  # one segment composes to itself
+    with pytest.raises(InvalidAdapterError, match="scaling"):
+        compose_adapters(parts, scaling="max")
+
+
+def test_segmented_internalization_and_compose_adapters_use_the_configs_segment_scaling(vlm, clips):
+    tuner = get_peft_model(vlm, small_config(segment_scaling="sqrt")).base_model
+    parts = tuner.generate_segment_adapters(clips[0], segment_frames=4, num_frames=16)
+    segmented = tuner.generate_adapter(clips[0], num_frames=16, segment_frames=4)
+    by_hand = compose_adapters(parts, bias_rank=BIAS, scaling="sqrt")
+    assert tuner.compose_adapters(parts).keys() == by_hand.keys()
+    for key in by_hand:
+        torch.testing.assert_close(segmented[key], by_hand[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(tuner.compose_adapters(parts)[key], by_hand[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="segment_scaling"):
+        small_config(segment_scaling="max")
+
+
+def test_a_hypernetwork_with_time_encoding_puts_each_segments_time_span_into_its_adapter(vlm, clips, tmp_path):
+    from peft_hyper.errors import UsageError
+    from peft_hyper.inputs import video_time_spans
+
+    model = get_peft_model(vlm, small_config(time_encoding=True))
+    tuner = model.base_model
+    video = load_video(clips[0], num_frames=4)
+    inputs = tuner.hypernetwork_inputs([video])
+    early, late = torch.tensor([[0.0, 1.5]]), torch.tensor([[600.0, 601.5]])
+
+    def adapter(time_spans):
+        return factors_to_state_dicts(tuner.generate_lora_factors(inputs, time_spans=time_spans))[0]
+
+    at_first = adapter(early)
+    assert all(torch.equal(at_first[k], adapter(late)[k]) for k in at_first)  # time starts with no say
+    torch.nn.init.normal_(tuner.hypernetwork.time_proj.weight)
+    at_first = adapter(early)
+    assert any(not torch.equal(at_first[k], adapter(late)[k]) for k in at_first)  # now an adapter knows when
+    assert video_time_spans([video]).tolist() == [[video.metadata.timestamps[0], video.metadata.timestamps[-1]]]
+    own = tuner.generate_adapter(clips[0])  # chunked inputs: each video's own time span
+    expected = adapter(video_time_spans([video]))
+    assert all(torch.allclose(own[k], expected[k], rtol=1e-4, atol=1e-6) for k in own)
+    with pytest.raises(UsageError, match="time span"):
+        tuner.generate_lora_factors(inputs)
+
+    model.save_pretrained(tmp_path / "ckpt")
+    base = SmolVLMForConditionalGeneration.from_pretrained(vlm.name_or_path)
+    loaded = PeftModel.from_pretrained(base, tmp_path / "ckpt")
+    again = loaded.generate_adapter(clips[0])
+    assert all(torch.equal(again[k], own[k]) for k in own)
+    with pytest.raises(ValueError, match="time_encoding"):
+        HyperLoraConfig(architecture="frames2lora", time_encoding=True)

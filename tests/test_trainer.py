@@ -79,10 +79,10 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def make_model(workdir: Path, seed: int = 0):
+def make_model(workdir: Path, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     vlm = SmolVLMForConditionalGeneration.from_pretrained(workdir / "tiny-smolvlm")
-    model = get_peft_model(vlm, peft_hyper.HyperLoraConfig(**TINY_CONFIG, num_frames=4))
+    model = get_peft_model(vlm, peft_hyper.HyperLoraConfig(**{**TINY_CONFIG, "num_frames": 4, **overrides}))
     model.set_processor(AutoProcessor.from_pretrained(workdir / "tiny-smolvlm"))
     return model
 
@@ -256,11 +256,14 @@ def test_rows_about_one_video_share_its_adapter(workdir, tmp_path):
         HyperLoraTrainer(model, training_args(tmp_path), train_dataset=dataset, rows_per_video=0)
 
 
-def test_training_through_composition_is_the_loss_of_the_composed_adapter(workdir, tmp_path):
-    model = make_model(workdir)
+@pytest.mark.parametrize("options", [{}, {"segment_scaling": "sqrt", "time_encoding": True}], ids=["sum", "sqrt+time"])
+def test_training_through_composition_is_the_loss_of_the_composed_adapter(workdir, tmp_path, options):
+    model = make_model(workdir, **options)
     for name, param in model.named_parameters():
         if name.endswith("scale_b"):  # non-zero generated ranks, so the segments' adapters matter
             param.data.fill_(1.0)
+        if "time_proj" in name:  # a time signal, so that each segment's place in the video matters
+            torch.nn.init.normal_(param, std=1.0)
     tuner = model.base_model
     dataset = load_manifest(workdir / "train.jsonl").select(range(2))
     trainer = HyperLoraTrainer(
@@ -268,6 +271,8 @@ def test_training_through_composition_is_the_loss_of_the_composed_adapter(workdi
     )
     batch = trainer.data_collator([dataset[0], dataset[1]])
     assert batch["segment_video"].tolist() == [0, 0, 1, 1] and batch["hyper_input_ids"].shape[0] == 4
+    spans = batch["video_time_spans"]  # each segment's first and last frame time in its video
+    assert spans.shape == (4, 2) and spans[1, 0] > spans[0, 1] and torch.equal(spans[0], spans[2])
 
     model.eval()
     with torch.no_grad():
@@ -280,9 +285,11 @@ def test_training_through_composition_is_the_loss_of_the_composed_adapter(workdi
     tuner.set_adapter("default")
 
     model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "time_proj" in n}
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logged)
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)  # time is learned
     with pytest.raises(ValueError, match="segment_frames=2"):
         HyperLoraTrainer(model, training_args(tmp_path), train_dataset=dataset, segment_frames=2,
                          data_collator=VideoTextCollator.from_model(model))  # fmt: skip

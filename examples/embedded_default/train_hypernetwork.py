@@ -36,6 +36,7 @@ of "Does it work?").
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import time
@@ -91,6 +92,16 @@ def parse_args() -> argparse.Namespace:
         "--long_frames", type=lambda text: [int(v) for v in text.split(",")], default=[48], help="e.g. 48,96"
     )
     parser.add_argument("--segment_frames", type=int, help="train through adapters composed of segments this long")
+    parser.add_argument(
+        "--segment_scaling",
+        choices=["sum", "sqrt", "mean"],
+        help="weight of each segment in a composition (HyperLoraConfig.segment_scaling; also set on --init_from)",
+    )
+    parser.add_argument(
+        "--time_encoding",
+        action="store_true",
+        help="give the hypernetwork each segment's time span (HyperLoraConfig.time_encoding; also on --init_from)",
+    )
     parser.add_argument("--size", type=int, default=64, help="rendered frame size (px)")
     parser.add_argument("--max_steps", type=int, default=5000)
     parser.add_argument("--max_minutes", type=float, help="stop training after this many minutes of it")
@@ -159,7 +170,23 @@ def hyper_config(args: argparse.Namespace) -> peft_hyper.HyperLoraConfig:
         init_scale_b=0.0,
         internalize_prompt=args.internalize_prompt,
         internalize_generation_prompt=args.internalize_generation_prompt,
+        segment_scaling=args.segment_scaling or "sum",
+        time_encoding=args.time_encoding,
     )
+
+
+def with_time_encoding(model: PeftModel, base: str) -> PeftModel:
+    """A hypernetwork with a time input (`HyperLoraConfig.time_encoding`) that generates what `model`'s does: its
+    weights copied in, the new time projection at its zero initialisation."""
+    config = copy.deepcopy(model.peft_config["default"])
+    config.time_encoding = True
+    timed = get_peft_model(SmolVLMForConditionalGeneration.from_pretrained(base).eval(), config)
+    missing, unexpected = timed.base_model.hypernetwork.load_state_dict(
+        model.base_model.hypernetwork.state_dict(), strict=False
+    )
+    if unexpected or any(not name.startswith("time_proj.") for name in missing):
+        raise RuntimeError(f"not a continuation: missing {missing}, unexpected {unexpected}")
+    return timed
 
 
 def main() -> None:
@@ -203,7 +230,10 @@ def main() -> None:
         config = PeftConfig.from_pretrained(args.init_from)
         config.internalize_prompt = args.internalize_prompt
         config.internalize_generation_prompt = args.internalize_generation_prompt
+        config.segment_scaling = args.segment_scaling or config.segment_scaling
         model = PeftModel.from_pretrained(vlm, args.init_from, config=config, is_trainable=True)
+        if args.time_encoding and not config.time_encoding:
+            model = with_time_encoding(model, args.base)
     else:
         model = get_peft_model(vlm, hyper_config(args))
     model.base_model.set_processor(AutoProcessor.from_pretrained(args.base))

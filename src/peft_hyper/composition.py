@@ -12,6 +12,11 @@ scaling is exactly 1 in our adapters (`lora_alpha = r`), so the concatenation is
 does the same). `compose_factors` does the same on a batch of generated factors, with gradients, for training through
 composition (`HyperLoraTrainer(segment_frames=...)`).
 
+A plain sum lets ΔW grow with K; a hypernetwork trained through compositions of up to a few segments garbles long
+ones. `scaling` (`HyperLoraConfig.segment_scaling`, which training through composition uses too) weighs each
+segment's generated ranks by `1` (`"sum"`), `1/√K` (`"sqrt"`: K independent deltas keep the norm of one) or `1/K`
+(`"mean"`: the average adapter); the bias block is never scaled. One segment composes to itself under every scaling.
+
 Serving engines cap LoRA rank (vLLM: `max_lora_rank`, at most 512). With `max_rank`, a composed adapter of higher rank is
 re-factored through the SVD of its ΔW (thin QR of A and B, then the SVD of the `K·r + r_b` square core, never the
 `out × in` matrix): exact when ΔW's rank is at most `max_rank` (for instance when `K·r + r_b` exceeds `min(in, out)`),
@@ -31,9 +36,21 @@ from .lora import lora_state_dict_keys
 StateDict = dict[str, torch.Tensor]
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
+SEGMENT_SCALINGS = ("sum", "sqrt", "mean")
+
+
+def segment_scale(scaling: str, num_segments: int) -> float:
+    """The weight of each segment's generated ranks in a composition of `num_segments` segments under `scaling`."""
+    if scaling not in SEGMENT_SCALINGS:
+        raise InvalidAdapterError(f"Segment scaling must be one of {SEGMENT_SCALINGS}, got {scaling!r}.")
+    return {"sum": 1.0, "sqrt": num_segments**-0.5, "mean": 1.0 / num_segments}[scaling]
+
 
 def compose_adapters(
-    adapters: Sequence[Mapping[str, torch.Tensor]], max_rank: int | None = None, bias_rank: int | None = None
+    adapters: Sequence[Mapping[str, torch.Tensor]],
+    max_rank: int | None = None,
+    bias_rank: int | None = None,
+    scaling: str = "sum",
 ) -> StateDict:
     """Compose generated adapters of non-overlapping segments into one PEFT LoRA state dict (file keys).
 
@@ -45,6 +62,8 @@ def compose_adapters(
         bias_rank: the hypernetwork's bias rank (`HyperLoraConfig.bias_rank`; `HyperLoraModel.compose_adapters`
             passes it). `None` finds it: the trailing ranks that every adapter shares (two or more adapters needed,
             and a hypernetwork without a bias block needs `bias_rank=0`).
+        scaling: the weight of each segment's generated ranks, `"sum"`, `"sqrt"` or `"mean"` (see the module
+            docstring); use the hypernetwork's `segment_scaling`, as `HyperLoraModel.compose_adapters` does.
 
     Returns:
         A state dict with A `(R, in)` and B `(out, R)` per module, `R = K·r + bias_rank` or `min(that, max_rank)`;
@@ -54,7 +73,7 @@ def compose_adapters(
         bias_rank = _shared_trailing_rank(adapters)
     _check_parts(adapters, bias_rank)
     _check_max_rank(max_rank)
-    composition = Composition(len(adapters), bias_rank)
+    composition = Composition(len(adapters), bias_rank, scaling)
     composition.extend(adapters)
     return composition.result(max_rank)
 
@@ -70,12 +89,14 @@ class Composition:
     Args:
         num_parts: how many parts will be added.
         bias_rank: the hypernetwork's bias rank (the parts' last `bias_rank` ranks, identical in all of them).
+        scaling: the weight of each part's generated ranks (`segment_scale`), `"sum"` by default.
     """
 
-    def __init__(self, num_parts: int, bias_rank: int) -> None:
+    def __init__(self, num_parts: int, bias_rank: int, scaling: str = "sum") -> None:
         if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
             raise InvalidAdapterError(f"A composition needs at least one part, got num_parts={num_parts!r}.")
         self.num_parts, self.bias_rank = num_parts, bias_rank
+        self.scale = segment_scale(scaling, num_parts)
         self._first: StateDict = {}  # a copy of the first part, which the others are checked against
         self._composed: StateDict = {}
         self._added = 0
@@ -95,7 +116,7 @@ class Composition:
             rank = part[key_a].shape[0] - self.bias_rank
             slots = slice(self._added * rank, (self._added + 1) * rank)
             self._composed[key_a][slots] = part[key_a][:rank]
-            self._composed[key_b][:, slots] = part[key_b][:, :rank]
+            self._composed[key_b][:, slots] = part[key_b][:, :rank] * self.scale
         self._added += 1
 
     def extend(self, parts: Sequence[Mapping[str, torch.Tensor]]) -> None:
@@ -138,7 +159,10 @@ def _check_max_rank(max_rank: int | None) -> None:
 
 
 def compose_factors(
-    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], segment_video: torch.Tensor, bias_rank: int
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    segment_video: torch.Tensor,
+    bias_rank: int,
+    scaling: str = "sum",
 ) -> Factors:
     """Compose a batch of segments' generated factors per video, differentiably (training through composition).
 
@@ -147,6 +171,7 @@ def compose_factors(
             `HyperLoraModel.generate_lora_factors`.
         segment_video: `(N,)` the video (0 … V-1) of each segment; a video's segments in time order.
         bias_rank: the hypernetwork's bias rank.
+        scaling: the weight of each segment's generated ranks, by its video's segment count (`segment_scale`).
 
     Returns:
         name → (A `(V, R, in)`, B `(V, out, R)`), `R = K·r + bias_rank` for the video with the most segments `K`:
@@ -161,15 +186,16 @@ def compose_factors(
             f"Every video 0…{num_videos - 1} needs a segment; got segment_video={segment_video.tolist()}."
         )
     most = max(len(index) for index in segments_of)
+    scales = [segment_scale(scaling, len(index)) for index in segments_of]
     composed: Factors = {}
     for name, (lora_a, lora_b) in factors.items():
         rank = lora_a.shape[1] - bias_rank
         parts_a, parts_b = [], []
-        for index in segments_of:
+        for index, scale in zip(segments_of, scales, strict=True):
             index = index.to(lora_a.device)
             pad = (most - len(index)) * rank
             gen_a = lora_a[index, :rank].reshape(-1, lora_a.shape[2])  # (K·r, in), segment-major as compose_adapters
-            gen_b = lora_b[index, :, :rank].permute(1, 0, 2).reshape(lora_b.shape[1], -1)  # (out, K·r)
+            gen_b = lora_b[index, :, :rank].permute(1, 0, 2).reshape(lora_b.shape[1], -1) * scale  # (out, K·r)
             parts_a.append(torch.cat([gen_a, lora_a.new_zeros(pad, lora_a.shape[2]), lora_a[index[0], rank:]]))
             parts_b.append(torch.cat([gen_b, lora_b.new_zeros(lora_b.shape[1], pad), lora_b[index[0], :, rank:]], 1))
         composed[name] = (torch.stack(parts_a), torch.stack(parts_b))

@@ -10,6 +10,7 @@ from typing import Any
 
 from peft.config import PeftConfig
 
+from .composition import SEGMENT_SCALINGS
 from .errors import CheckpointError
 from .registration import PEFT_TYPE_HYPERLORA
 from .video import FRAME_SAMPLING, REFERENCE_FPS
@@ -133,6 +134,28 @@ class HyperLoraConfig(PeftConfig):
             )
         },
     )
+    time_encoding: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Give the hypernetwork each video's time span — its first and last sampled frames' times in seconds, "
+                "from the start of the whole video for a segment (`inputs.video_time_spans`) — as sinusoidal features "
+                "added to its latent queries, so that a segment's adapter can carry when in the video it happened "
+                "(time-cued questions about composed segments). The projection starts at zero, so a hypernetwork "
+                "continued with it generates what it did before. 'peft-hyper' only."
+            )
+        },
+    )
+    segment_scaling: str = field(
+        default="sum",
+        metadata={
+            "help": (
+                "How a composition of K segments' adapters weighs each segment's generated ranks (`composition.py`): "
+                "'sum' (as generated; ΔW grows with K), 'sqrt' (× 1/√K) or 'mean' (× 1/K); the bias block counts "
+                "once. Segmented internalization, `compose_adapters` and training through composition all use it."
+            )
+        },
+    )
     init_scale_a: float = field(default=1.0, metadata={"help": "Initial value of the learned scale of generated A."})
     init_scale_b: float = field(
         default=0.0,
@@ -244,6 +267,10 @@ class HyperLoraConfig(PeftConfig):
             raise ValueError(f"HyperLoraConfig.bias_rank must be >= 0, got {self.bias_rank}.")
         if self.frames_per_vision_chunk is not None and self.frames_per_vision_chunk < 1:
             raise ValueError(f"frames_per_vision_chunk must be >= 1 or None, got {self.frames_per_vision_chunk}.")
+        if self.segment_scaling not in SEGMENT_SCALINGS:
+            raise ValueError(
+                f"HyperLoraConfig.segment_scaling must be one of {SEGMENT_SCALINGS}, got {self.segment_scaling!r}."
+            )
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"HyperLoraConfig.fps must be > 0 or None, got {self.fps}.")
         if isinstance(self.target_modules, (set, tuple)):
@@ -265,7 +292,8 @@ class HyperLoraConfig(PeftConfig):
                 "equal to num_heads), or choose architecture='frames2lora'."
             )
         if self.architecture == "frames2lora":
-            unsupported = [name for name in ("latent_self_attention", "position_encoding") if getattr(self, name)]
+            options = ("latent_self_attention", "position_encoding", "time_encoding")
+            unsupported = [name for name in options if getattr(self, name)]
             if unsupported:
                 raise ValueError(
                     f"The 'frames2lora' architecture (the reference's hypernetwork) has no {' or '.join(unsupported)}: "

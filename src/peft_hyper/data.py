@@ -9,6 +9,8 @@ collator decodes each row's video lazily with [`load_video`] and builds, per bat
 - with `segment_frames`, each distinct video cut into consecutive segments instead (`split_video`: each segment's
   prompt carries its frames' times in the whole video), and `segment_video` `(N,)` saying which video each segment
   belongs to: the trainer composes the segments' adapters per video and trains through the composition;
+- `video_time_spans` `(N, 2)`: the first and last frame times, in seconds, of each video (or segment) the hypernetwork
+  reads, for a hypernetwork with `time_encoding`;
 - the student's text-only inputs (`input_ids`, `attention_mask`, `labels`): the chat-formatted prompt followed by
   the target answer, with the prompt (and padding) masked to -100 in `labels` — no video in the student's context;
 - optionally the teacher's inputs (`teacher_*`): the video, the prompt and the same answer tokens, so that the
@@ -30,7 +32,13 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from .errors import DatasetValidationError, InvalidRowError, InvalidSamplingError, ManifestError, PeftHyperError
-from .inputs import HypernetworkInputSpec, build_hypernetwork_inputs, build_video_inputs, text_prompt
+from .inputs import (
+    HypernetworkInputSpec,
+    build_hypernetwork_inputs,
+    build_video_inputs,
+    text_prompt,
+    video_time_spans,
+)
 from .model import HyperLoraModel
 from .video import Video, load_video, split_video
 
@@ -410,6 +418,7 @@ class VideoTextCollator:
         hyper = build_hypernetwork_inputs(self.processor, distinct, self.spec)
         for key, value in hyper.items():
             batch[f"hyper_{key}"] = value
+        batch["video_time_spans"] = video_time_spans(distinct)
         batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
 
         prompts = [self._student_prompt_ids(item.prompt) for item in loaded]

@@ -97,6 +97,18 @@ def position_features(mask: torch.Tensor, num_features: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def time_features(time_spans: torch.Tensor, num_features: int) -> torch.Tensor:
+    """Sinusoidal features of each video's time span: `(B, 2)` first and last frame times in seconds →
+    `(B, num_features)`, half for each end.
+
+    Periods run geometrically from 2 s to 4,096 s, so that one second apart and an hour apart are both told apart.
+    """
+    per_end = num_features // 4
+    periods = 2.0 * 2048.0 ** (torch.arange(per_end, device=time_spans.device, dtype=torch.float32) / (per_end - 1))
+    angles = time_spans.to(torch.float32)[..., None] * (2 * torch.pi / periods)  # (B, 2, per_end)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
+
+
 class HyperNetwork(nn.Module):
     """The Frames2LoRA hypernetwork.
 
@@ -105,6 +117,7 @@ class HyperNetwork(nn.Module):
     """
 
     num_position_features = 32
+    num_time_features = 32
 
     def __init__(self, config: HyperLoraConfig, hidden_size: int, num_layers: int, targets: list[LoraTarget]) -> None:
         super().__init__()
@@ -116,6 +129,11 @@ class HyperNetwork(nn.Module):
         self.position_proj = (
             nn.Linear(self.num_position_features, config.latent_dim) if config.position_encoding else None
         )
+        self.time_proj = None
+        if config.time_encoding:
+            self.time_proj = nn.Linear(self.num_time_features, config.latent_dim)
+            nn.init.zeros_(self.time_proj.weight)  # no time signal at first: continuing a trained hypernetwork
+            nn.init.zeros_(self.time_proj.bias)  # with it starts from the adapters it generated
         self.layer_embedding = nn.Embedding(num_layers, config.latent_dim)
         self.perceiver = Perceiver(
             dim=config.latent_dim,
@@ -146,20 +164,32 @@ class HyperNetwork(nn.Module):
         """Decoder layers whose input states are needed, ascending."""
         return sorted(self.targets_by_layer)
 
-    def encode_layer(self, hidden_states: torch.Tensor, mask: torch.Tensor, layer_idx: int) -> torch.Tensor:
-        """hidden_states `(B, S, hidden)` entering layer `layer_idx`, mask `(B, S)` bool → latents `(B, N, latent)`."""
+    def encode_layer(
+        self, hidden_states: torch.Tensor, mask: torch.Tensor, layer_idx: int, time_spans: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hidden_states `(B, S, hidden)` entering layer `layer_idx`, mask `(B, S)` bool, time_spans `(B, 2)` seconds
+        (needed with `time_encoding`, ignored without) → latents `(B, N, latent)`."""
         param = self.context_proj.weight
         context = self.context_proj(self.context_norm(hidden_states.to(param.dtype)))
         if self.position_proj is not None:
             context = context + self.position_proj(position_features(mask, self.num_position_features).to(param.dtype))
         layer = torch.full((hidden_states.shape[0],), layer_idx, device=param.device, dtype=torch.long)
-        return self.perceiver(context, mask, latent_offset=self.layer_embedding(layer))
+        offset = self.layer_embedding(layer)
+        if self.time_proj is not None:
+            if time_spans is None:
+                raise ValueError(
+                    "This hypernetwork reads each video's time span (time_encoding=True): pass time_spans "
+                    "(`inputs.video_time_spans(videos)`)."
+                )
+            offset = offset + self.time_proj(time_features(time_spans, self.num_time_features).to(param.dtype))
+        return self.perceiver(context, mask, latent_offset=offset)
 
     def generate_for_layer(
-        self, hidden_states: torch.Tensor, mask: torch.Tensor, layer_idx: int
+        self, hidden_states: torch.Tensor, mask: torch.Tensor, layer_idx: int, time_spans: torch.Tensor | None = None
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """LoRA factors for every target in layer `layer_idx`: name → (A `(B, r_total, in)`, B `(B, out, r_total)`)."""
-        latents = self.encode_layer(hidden_states, mask, layer_idx)
+        """LoRA factors for every target in layer `layer_idx`: name → (A `(B, r_total, in)`, B `(B, out, r_total)`);
+        `time_spans` as in `encode_layer`."""
+        latents = self.encode_layer(hidden_states, mask, layer_idx, time_spans)
         return {
             target.name: self.heads[self._head_key(target.kind)](latents, layer_idx)
             for target in self.targets_by_layer[layer_idx]

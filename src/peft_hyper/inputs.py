@@ -158,6 +158,16 @@ def _video_batch(
     )
 
 
+def video_time_spans(videos: Sequence[Video | VideoReader]) -> torch.Tensor:
+    """Each video's first and last sampled frame times in seconds, `(B, 2)` float32: what a hypernetwork with
+    `time_encoding` reads besides the tokens. A segment of `split_video` keeps its times in the whole video."""
+    spans = []
+    for video in videos:
+        times = video.metadata.timestamps
+        spans.append((float(times[0]), float(times[-1])) if times else (0.0, 0.0))
+    return torch.tensor(spans, dtype=torch.float32).reshape(len(spans), 2)
+
+
 def build_hypernetwork_inputs(
     processor: ProcessorMixin, videos: Sequence[Video], spec: HypernetworkInputSpec, padding_side: str | None = None
 ) -> BatchFeature:

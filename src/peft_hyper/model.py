@@ -39,6 +39,7 @@ from .errors import (
     InvalidFramesError,
     InvalidSamplingError,
     MissingProcessorError,
+    UsageError,
 )
 from .generated_adapters import GeneratedAdapters, check_lora_state_dict, write_lora_directory
 from .hidden_states import split_decoder_module_name, stream_decoder_layer_inputs
@@ -51,6 +52,7 @@ from .inputs import (
     build_text_inputs,
     build_video_inputs,
     to_model_inputs,
+    video_time_spans,
 )
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .reference_hypernetwork import ReferenceHyperNetwork
@@ -536,20 +538,37 @@ class HyperLoraModel(BaseTuner):
     # ------------------------------------------------------------------ video → LoRA
     @_serialized
     def generate_lora_factors(
-        self, inputs: dict[str, torch.Tensor] | ChunkedVideoInputs, grad: bool = False
+        self,
+        inputs: dict[str, torch.Tensor] | ChunkedVideoInputs,
+        grad: bool = False,
+        time_spans: torch.Tensor | None = None,
     ) -> LoraFactors:
         """Run the frozen VLM once over processor `inputs` (or `ChunkedVideoInputs`) and the active hypernetwork on
         each needed layer.
+
+        `time_spans` `(B, 2)`: each video's first and last frame times in seconds (`inputs.video_time_spans`), read
+        by a hypernetwork with `time_encoding` (required then with a processor batch; `ChunkedVideoInputs` give their
+        videos' own by default) and ignored by one without.
 
         Returns name → (A `(B, r_total, in)`, B `(B, out, r_total)`); with `grad=True` they carry gradients to the
         hypernetwork (for training).
         """
         hypernetwork = self.hypernetwork
         mask = inputs["attention_mask"].bool()
+        times: dict[str, torch.Tensor] = {}
+        if self.hyper_config.time_encoding:
+            if time_spans is None and isinstance(inputs, ChunkedVideoInputs):
+                time_spans = video_time_spans(inputs.videos)
+            if time_spans is None:
+                raise UsageError(
+                    "This hypernetwork reads each video's time span (time_encoding=True): pass "
+                    "time_spans=peft_hyper.inputs.video_time_spans(videos) with processor inputs."
+                )
+            times["time_spans"] = time_spans.to(mask.device)
         factors: LoraFactors = {}
 
         def on_layer(layer_idx: int, states: torch.Tensor) -> None:
-            factors.update(hypernetwork.generate_for_layer(states, mask, layer_idx))
+            factors.update(hypernetwork.generate_for_layer(states, mask, layer_idx, **times))
 
         with self.generated_adapters_disabled():
             stream_decoder_layer_inputs(
@@ -580,8 +599,9 @@ class HyperLoraModel(BaseTuner):
                 (the config's, else 1 fps) when `num_frames` is not given.
             segment_frames: cut each video's sampled frames into consecutive segments of this many frames, generate
                 one adapter per segment (`segment_batch_size` segments per VLM and hypernetwork forward) and compose
-                them in rank space (`compose_adapters`): rank `K·r + bias_rank` for `K` segments. Each segment's
-                prompt carries its frames' times in the whole video.
+                them in rank space (`compose_adapters`, weighted by the config's `segment_scaling`): rank
+                `K·r + bias_rank` for `K` segments. Each segment's prompt carries its frames' times in the whole
+                video, and so does its time span for a hypernetwork with `time_encoding`.
             max_rank: cap the rank of the result (exact when ΔW's rank allows, truncated SVD otherwise).
 
         Memory: frames are sampled first and decoded, processed and encoded by the vision tower
@@ -645,7 +665,7 @@ class HyperLoraModel(BaseTuner):
         (`Composition`) and dropped before the next batch runs, so memory holds one chunk of frames, one batch's states
         and adapters, and the composed adapter (`K·r + r_b` ranks, the output) however many segments there are."""
         segments = split_video(video, segment_frames)
-        composition = Composition(len(segments), self.hyper_config.bias_rank)
+        composition = Composition(len(segments), self.hyper_config.bias_rank, self.hyper_config.segment_scaling)
         for batch in self._segment_batches(segments, batch_size):
             # The batch's adapters are views of its factor tensors: passed as a temporary, no name keeps them alive
             # into the next batch's forward.
@@ -674,7 +694,10 @@ class HyperLoraModel(BaseTuner):
     ) -> dict[str, torch.Tensor]:
         """Compose adapters the active hypernetwork generated for non-overlapping segments of a video into one PEFT
         LoRA state dict: their generated ranks concatenated, the shared bias block once (`composition.py`)."""
-        return compose_adapters(adapters, max_rank=max_rank, bias_rank=self.hyper_config.bias_rank)
+        config = self.hyper_config
+        return compose_adapters(
+            adapters, max_rank=max_rank, bias_rank=config.bias_rank, scaling=config.segment_scaling
+        )
 
     @_serialized
     def generate_bias_adapter(self) -> dict[str, torch.Tensor]:

@@ -298,6 +298,7 @@ class HyperLoraTrainer(Trainer):
         inputs.pop("row_ids", None)
         video_index = inputs.pop("video_index", None)
         segment_video = inputs.pop("segment_video", None)
+        time_spans = inputs.pop("video_time_spans", None)
         row_weights = inputs.pop("loss_weights", None)
         if skipped and model.training:
             self.num_skipped_rows += skipped
@@ -311,9 +312,10 @@ class HyperLoraTrainer(Trainer):
             return (loss, None) if return_outputs else loss
 
         hyper_inputs = {key.removeprefix("hyper_"): v for key, v in inputs.items() if key.startswith("hyper_")}
-        factors = tuner.generate_lora_factors(hyper_inputs, grad=torch.is_grad_enabled())
+        factors = tuner.generate_lora_factors(hyper_inputs, grad=torch.is_grad_enabled(), time_spans=time_spans)
         if segment_video is not None:  # one adapter per segment → one composed adapter per video
-            factors = compose_factors(factors, segment_video, tuner.hyper_config.bias_rank)
+            config = tuner.hyper_config
+            factors = compose_factors(factors, segment_video, config.bias_rank, config.segment_scaling)
         if video_index is not None:  # one adapter per distinct video → one per row
             factors = {name: (a[video_index], b[video_index]) for name, (a, b) in factors.items()}
         with tuner.lora_factors_applied(factors):
