@@ -1,10 +1,11 @@
-"""Does a long composition need its segments scaled? (an experiment; not an option of `compose_adapters` yet)
+"""Which `segment_scaling` holds a long composition? (the experiment behind `HyperLoraConfig.segment_scaling`)
 
     python examples/long_video/segment_scaling.py --model CHECKPOINT --data outputs/eval/long/192/dataset --videos 6
 
 Composing K segments' adapters by concatenating their ranks sums their ΔW, which grows with K. For each long video
-this scales every segment's generated ranks (the B columns before the bias block) by 1 (the sum, as shipped), 1/√K
-or 1/K before composing, answers the video's questions with each, and prints exact match per question kind.
+this composes the segments' adapters under every scaling of `compose_adapters` — each segment's generated ranks
+weighted by 1 (`sum`), 1/√K (`sqrt`) or 1/K (`mean`), whatever the checkpoint's own `segment_scaling` — answers the
+video's questions with each, and prints exact match per question kind.
 """
 
 from __future__ import annotations
@@ -17,21 +18,10 @@ from pathlib import Path
 import torch
 from datasets import load_from_disk
 
+from peft_hyper import compose_adapters
 from peft_hyper.cli import load_model
+from peft_hyper.composition import SEGMENT_SCALINGS
 from peft_hyper.testing.long_world import render_long_spec_video
-
-SCALINGS = {"sum": lambda k: 1.0, "sqrt": lambda k: k**-0.5, "mean": lambda k: 1.0 / k}
-
-
-def scaled(parts: list[dict[str, torch.Tensor]], rank: int, factor: float) -> list[dict[str, torch.Tensor]]:
-    """The parts with their generated ranks' B columns (`[:, :rank]`) multiplied by `factor`; bias blocks kept."""
-    out = []
-    for part in parts:
-        part = dict(part)
-        for key in [k for k in part if ".lora_B." in k]:
-            part[key] = torch.cat([part[key][:, :rank] * factor, part[key][:, rank:]], dim=1)
-        out.append(part)
-    return out
 
 
 def main() -> None:
@@ -45,21 +35,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tuner = load_model(args.model).base_model
-    rank = tuner.hyper_config.r
     rows = [row for row in load_from_disk(args.data) if row["task_type"] != "caption"]
     specs = list(dict.fromkeys(row["spec"] for row in rows))[: args.videos]
-    hits: dict[str, dict[str, list[bool]]] = {name: defaultdict(list) for name in SCALINGS}
+    hits: dict[str, dict[str, list[bool]]] = {name: defaultdict(list) for name in SEGMENT_SCALINGS}
     for spec in specs:
         questions = [row for row in rows if row["spec"] == spec]
         video = render_long_spec_video(spec, questions[0]["num_frames"], questions[0]["size"])
         parts = tuner.generate_segment_adapters(video, args.segment_frames)
-        for name, factor in SCALINGS.items():
-            composed = tuner.compose_adapters(scaled(parts, rank, factor(len(parts))))
+        for name in SEGMENT_SCALINGS:
+            composed = compose_adapters(parts, bias_rank=tuner.hyper_config.bias_rank, scaling=name)
             tuner.load_generated_adapter(composed, "scaling")
             answers = tuner.answer([q["prompt"] for q in questions], adapter_names="scaling")
             for answer, question in zip(answers, questions, strict=True):
                 hits[name][question["task_type"]].append(answer.lower() == question["target"].lower())
     summary = {"model": args.model or "embedded", "data": args.data, "videos": len(specs), "scalings": {}}
+    summary["trained_with"] = tuner.hyper_config.segment_scaling
     for name, kinds in hits.items():
         every = [hit for values in kinds.values() for hit in values]
         summary["scalings"][name] = {
