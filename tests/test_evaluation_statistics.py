@@ -231,6 +231,12 @@ def test_metric_disagreement():
     assert all(m.startswith("videoqa: ") for m in messages)
     messages = metric_disagreement({"judge": better, "token_f1": inferior})
     assert any("direction" in m and "better by judge" in m and "worse by token_f1" in m for m in messages)
+    # Both conditions score 0 on every item by exact match (a degenerate comparison): it decides nothing, so it does
+    # not "disagree" with token F1 — the report marks it degenerate instead.
+    zeros = np.zeros(150)
+    degenerate = paired_comparison(zeros, zeros, margin=0.05, n_bootstrap=200)
+    assert degenerate.degenerate and degenerate.equivalent
+    assert metric_disagreement({"exact_match": degenerate, "token_f1": inferior}) == []
 
 
 def test_bootstrap_falls_back_to_percentile_when_bca_is_undefined(monkeypatch):

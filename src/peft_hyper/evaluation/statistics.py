@@ -320,7 +320,8 @@ def metric_disagreement(
     """Human-readable flags where metrics of the same benchmark and condition disagree.
 
     Flags (1) equivalence, (2) non-inferiority decisions that differ between metrics (e.g. an LLM judge says
-    equivalent but token F1 does not), and (3) opposite significant directions (one metric's ``1 - alpha`` t interval
+    equivalent but token F1 does not; a degenerate comparison, which decides nothing, is left out of both), and (3)
+    opposite significant directions (one metric's ``1 - alpha`` t interval
     of Δ is entirely above 0 while another's is entirely below). Holm-adjusted results use their adjusted flags.
 
     Args:
@@ -329,13 +330,15 @@ def metric_disagreement(
     """
     prefix = f"{benchmark}: " if benchmark else ""
     messages = []
+    raw = {name: r.comparison if isinstance(r, HolmAdjustedComparison) else r for name, r in results.items()}
+    # A degenerate comparison (zero variance) makes no equivalence or non-inferiority claim, so it cannot disagree.
+    decided = {name: r for name, r in results.items() if not raw[name].degenerate}
     for attribute, label in (("equivalent", "equivalent"), ("non_inferior", "non-inferior")):
-        yes, no = _split(results, attribute)
+        yes, no = _split(decided, attribute)
         if yes and no:
             messages.append(
                 f"{prefix}metrics disagree on {label}: {label} by {', '.join(yes)}; not by {', '.join(no)}."
             )
-    raw = {name: r.comparison if isinstance(r, HolmAdjustedComparison) else r for name, r in results.items()}
     better = [name for name, c in raw.items() if c.ci_t[0] > 0]
     worse = [name for name, c in raw.items() if c.ci_t[1] < 0]
     if better and worse:
