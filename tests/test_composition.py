@@ -170,6 +170,11 @@ def test_segments_cover_the_whole_video_at_one_frame_per_second_unless_told_othe
     assert rank(tuner.generate_adapter(frames, segment_frames=12, num_frames=24)) == 2 * R + BIAS  # as asked
     assert rank(tuner.generate_adapter(clips[0], segment_frames=1)) == 2 * R + BIAS  # 16 frames at 8 fps: 2 s
     assert rank(tuner.generate_adapter(frames)) == R + BIAS  # without segments: the config's 4 frames, one adapter
+    shots = tuner.generate_segment_adapters(frames, [10, 20, 10])  # segments at given boundaries, e.g. shots
+    assert len(shots) == 3 and rank(tuner.generate_adapter(frames, segment_frames=[10, 20, 10])) == 3 * R + BIAS
+    video = tuner.load_videos(frames, num_frames=40)[0][0]
+    alone = tuner.generate_adapter(split_video(video, [10, 20, 10])[1])  # the middle shot, stamped 00:10-00:29
+    assert all(torch.allclose(alone[k], shots[1][k], rtol=1e-4, atol=1e-6) for k in alone)
 
 
 @pytest.mark.parametrize("scaling, weight", [("sqrt", 3**-0.5), ("mean", 1 / 3)])

@@ -497,6 +497,19 @@ def test_segments_of_a_reader_are_read_one_at_a_time(clips, decoder_calls):
     assert torch.equal(lazy[1].read(1, 3).frames, video.frames[7:9])
 
 
+def test_segments_of_given_lengths_cut_where_told_and_cover_every_frame(clips):
+    video = load_video(clips[0], num_frames=16)
+    for source in (video, open_video(clips[0], num_frames=16)):
+        shots = split_video(source, [5, 3, 8])  # e.g. the shots a shot detector found
+        assert [segment.num_frames for segment in shots] == [5, 3, 8]
+        assert [s.metadata.timestamps for s in shots] == [
+            video.metadata.timestamps[a:b] for a, b in ((0, 5), (5, 8), (8, 16))
+        ]
+    for bad, match in (([5, 3], "add up to 8"), ([5, 0, 11], ">= 1"), ([], ">= 1"), ([4.0, 12], ">= 1")):
+        with pytest.raises(InvalidSamplingError, match=match):
+            split_video(video, bad)
+
+
 def test_readers_of_frames_in_memory_slice_them(clips):
     frames = make_test_frames(num_frames=8, height=32, width=32, seed=3)
     reader = open_video(frames, num_frames=4, source_fps=4.0)

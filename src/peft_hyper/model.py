@@ -586,7 +586,7 @@ class HyperLoraModel(BaseTuner):
         video: VideoInput | Sequence[VideoInput],
         num_frames: int | None = None,
         fps: float | None = None,
-        segment_frames: int | None = None,
+        segment_frames: int | Sequence[int] | None = None,
         max_rank: int | None = None,
         segment_batch_size: int = 8,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
@@ -601,7 +601,8 @@ class HyperLoraModel(BaseTuner):
                 one adapter per segment (`segment_batch_size` segments per VLM and hypernetwork forward) and compose
                 them in rank space (`compose_adapters`, weighted by the config's `segment_scaling`): rank
                 `K·r + bias_rank` for `K` segments. Each segment's prompt carries its frames' times in the whole
-                video, and so does its time span for a hypernetwork with `time_encoding`.
+                video, and so does its time span for a hypernetwork with `time_encoding`. A sequence gives each
+                segment's frame count instead (segments at shot boundaries; `split_video`).
             max_rank: cap the rank of the result (exact when ΔW's rank allows, truncated SVD otherwise).
 
         Memory: frames are sampled first and decoded, processed and encoded by the vision tower
@@ -630,14 +631,14 @@ class HyperLoraModel(BaseTuner):
     def generate_segment_adapters(
         self,
         video: VideoInput,
-        segment_frames: int,
+        segment_frames: int | Sequence[int],
         num_frames: int | None = None,
         fps: float | None = None,
         segment_batch_size: int = 8,
     ) -> list[dict[str, torch.Tensor]]:
-        """The adapters of one video's consecutive segments of `segment_frames` sampled frames (`split_video`), not
-        composed: what `generate_adapter(..., segment_frames=)` composes, for callers that recombine segments
-        themselves (evaluation controls, a selection of segments). `num_frames` / `fps` as in `generate_adapter`;
+        """The adapters of one video's consecutive segments of `segment_frames` sampled frames (or of the given frame
+        counts, `split_video`), not composed: what `generate_adapter(..., segment_frames=)` composes, for callers that
+        recombine segments themselves (evaluation controls, a selection of segments). `num_frames` / `fps` as in `generate_adapter`;
         `segment_batch_size` segments per VLM and hypernetwork forward.
 
         Returns one state dict per segment, in order, each of rank `r + bias_rank` (the last `bias_rank` ranks, the
@@ -659,7 +660,7 @@ class HyperLoraModel(BaseTuner):
         return sys.maxsize, fps or self.input_spec.fps or DEFAULT_SEGMENT_FPS
 
     def _segmented_adapter(
-        self, video: VideoReader, segment_frames: int, batch_size: int, max_rank: int | None
+        self, video: VideoReader, segment_frames: int | Sequence[int], batch_size: int, max_rank: int | None
     ) -> dict[str, torch.Tensor]:
         """The composed adapter of `video`'s segments: each batch's adapters are copied into the composed adapter
         (`Composition`) and dropped before the next batch runs, so memory holds one chunk of frames, one batch's states
@@ -716,7 +717,7 @@ class HyperLoraModel(BaseTuner):
         num_frames: int | None = None,
         fps: float | None = None,
         activate: bool = True,
-        segment_frames: int | None = None,
+        segment_frames: int | Sequence[int] | None = None,
         max_rank: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Generate the adapter of `video` (by segments with `segment_frames`; see `generate_adapter`), load it as

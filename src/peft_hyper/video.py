@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import numbers
 import os
@@ -147,20 +148,36 @@ class VideoReader:
         return f"VideoReader(num_frames={self.num_frames}, timestamps={_short(self.metadata.timestamps)})"
 
 
-def split_video(video: Video | VideoReader, segment_frames: int) -> list[Video] | list[VideoReader]:
-    """Cut the sampled frames of `video` into consecutive, non-overlapping segments of `segment_frames` frames (the
-    last may be shorter).
+def split_video(video: Video | VideoReader, segment_frames: int | Sequence[int]) -> list[Video] | list[VideoReader]:
+    """Cut the sampled frames of `video` into consecutive, non-overlapping segments: of `segment_frames` frames each
+    (the last may be shorter), or, for a sequence, of those frame counts in order (e.g. the shots a shot detector
+    found), which must add up to the video's frames.
 
     Each segment keeps its frames' presentation times from the start of the whole video, and the whole video's
     duration, so that the prompt SmolVLM's processor writes for a segment ("Frame from MM:SS", "… frames from a MM:SS
     video") says where in the video it is. A `Video` gives `Video`s (views of its frames); a `VideoReader` gives
     `VideoReader`s, and nothing is decoded until a segment is read.
     """
-    if isinstance(segment_frames, bool) or not isinstance(segment_frames, int) or segment_frames < 1:
+    if isinstance(segment_frames, Sequence):
+        lengths = list(segment_frames)
+        if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+            raise InvalidSamplingError(
+                f"segment_frames must be whole numbers >= 1, one per segment; got {list(segment_frames)!r}."
+            )
+        if sum(lengths) != video.num_frames:
+            raise InvalidSamplingError(
+                f"The segment lengths add up to {sum(lengths)} frames but the video has {video.num_frames} sampled "
+                "frames; give one length per segment covering every frame (sample the video first, e.g. at 1 fps)."
+            )
+        stops = list(itertools.accumulate(lengths))
+        bounds = list(zip([0, *stops[:-1]], stops, strict=True))
+    elif isinstance(segment_frames, bool) or not isinstance(segment_frames, int) or segment_frames < 1:
         raise InvalidSamplingError(f"segment_frames must be a whole number >= 1, got {segment_frames!r}.")
-    bounds = [
-        (start, min(start + segment_frames, video.num_frames)) for start in range(0, video.num_frames, segment_frames)
-    ]
+    else:
+        bounds = [
+            (start, min(start + segment_frames, video.num_frames))
+            for start in range(0, video.num_frames, segment_frames)
+        ]
     if isinstance(video, VideoReader):
         return [video.clip(start, stop) for start, stop in bounds]
     return [
