@@ -11,40 +11,29 @@ answers identical to the uncapped adapter's, and exact match for each.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-from datasets import load_from_disk
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-from peft_hyper.cli import load_model
-from peft_hyper.composition import truncation_errors
-from peft_hyper.testing.long_world import render_long_spec_video
+from peft_hyper.composition import truncation_errors  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="Frames2LoRA checkpoint (default: the embedded one)")
-    parser.add_argument("--data", required=True, help="a saved long-world dataset (make_long_eval_sets.py)")
-    parser.add_argument("--videos", type=int, default=5)
-    parser.add_argument("--segment-frames", type=int, default=12)
+    parser = common.parser(__doc__, videos=5)
     parser.add_argument("--caps", type=int, nargs="+", default=[512, 256, 64, 16])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tuner = load_model(args.model).base_model
-    rows = [row for row in load_from_disk(args.data) if row["task_type"] != "caption"]
-    specs = list(dict.fromkeys(row["spec"] for row in rows))[: args.videos]
+    tuner = common.load_tuner(args)
     errors: dict[int, list[float]] = defaultdict(list)
     same: dict[int, int] = defaultdict(int)
     hits: dict[str, int] = defaultdict(int)
     total, rank = 0, None
-    for spec in specs:
-        questions = [row for row in rows if row["spec"] == spec]
-        video = render_long_spec_video(spec, questions[0]["num_frames"], questions[0]["size"])
+    specs = 0
+    for _, video, questions in common.videos_and_questions(args):
+        specs += 1
         full = tuner.generate_adapter(video, segment_frames=args.segment_frames)
         rank = next(v.shape[0] for k, v in full.items() if ".lora_A." in k)
         tuner.load_generated_adapter(full, "uncapped")
@@ -61,7 +50,7 @@ def main() -> None:
     summary = {
         "model": args.model or "embedded",
         "data": args.data,
-        "videos": len(specs),
+        "videos": specs,
         "questions": total,
         "composed_rank": rank,
         "exact_match_uncapped": hits["uncapped"] / total,
@@ -76,8 +65,9 @@ def main() -> None:
         },
     }
     print(json.dumps(summary, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

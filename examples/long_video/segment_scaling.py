@@ -10,57 +10,29 @@ video's questions with each, and prints exact match per question kind.
 
 from __future__ import annotations
 
-import argparse
-import json
-from collections import defaultdict
+import sys
 from pathlib import Path
 
-import torch
-from datasets import load_from_disk
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-from peft_hyper import compose_adapters
-from peft_hyper.cli import load_model
-from peft_hyper.composition import SEGMENT_SCALINGS
-from peft_hyper.testing.long_world import render_long_spec_video
+from peft_hyper import compose_adapters  # noqa: E402
+from peft_hyper.composition import SEGMENT_SCALINGS  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="Frames2LoRA checkpoint (default: the embedded one)")
-    parser.add_argument("--data", required=True, help="a saved long-world dataset (make_long_eval_sets.py)")
-    parser.add_argument("--videos", type=int, default=6)
-    parser.add_argument("--segment-frames", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="also write the summary as JSON here")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tuner = load_model(args.model).base_model
-    rows = [row for row in load_from_disk(args.data) if row["task_type"] != "caption"]
-    specs = list(dict.fromkeys(row["spec"] for row in rows))[: args.videos]
-    hits: dict[str, dict[str, list[bool]]] = {name: defaultdict(list) for name in SEGMENT_SCALINGS}
-    for spec in specs:
-        questions = [row for row in rows if row["spec"] == spec]
-        video = render_long_spec_video(spec, questions[0]["num_frames"], questions[0]["size"])
+    args = common.parser(__doc__, videos=6).parse_args()
+    tuner = common.load_tuner(args)
+    hits = common.new_hits(SEGMENT_SCALINGS)
+    for _, video, questions in common.videos_and_questions(args):
         parts = tuner.generate_segment_adapters(video, args.segment_frames)
         for name in SEGMENT_SCALINGS:
             composed = compose_adapters(parts, bias_rank=tuner.hyper_config.bias_rank, scaling=name)
             tuner.load_generated_adapter(composed, "scaling")
-            answers = tuner.answer([q["prompt"] for q in questions], adapter_names="scaling")
-            for answer, question in zip(answers, questions, strict=True):
-                hits[name][question["task_type"]].append(answer.lower() == question["target"].lower())
-    summary = {"model": args.model or "embedded", "data": args.data, "videos": len(specs), "scalings": {}}
-    summary["trained_with"] = tuner.hyper_config.segment_scaling
-    for name, kinds in hits.items():
-        every = [hit for values in kinds.values() for hit in values]
-        summary["scalings"][name] = {
-            "all": sum(every) / len(every),
-            "n": len(every),
-            **{kind: sum(v) / len(v) for kind, v in sorted(kinds.items())},
-        }
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(summary, indent=2))
+            common.score(
+                hits, name, questions, tuner.answer([q["prompt"] for q in questions], adapter_names="scaling")
+            )
+    common.summarise(hits, args, trained_with=tuner.hyper_config.segment_scaling)
 
 
 if __name__ == "__main__":
