@@ -134,6 +134,14 @@ def test_internalize_command_writes_a_composed_adapter(clips, tmp_path, capsys):
     assert main(argv) == 0
     assert "rank 12" in capsys.readouterr().out
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 12
+    shots = ["internalize", clips[0], "--frames", "16", "--segment-frames", "5,3,8"]  # segments at given boundaries
+    assert main([*shots, "-o", str(tmp_path / "shots")]) == 0
+    assert (
+        json.loads((tmp_path / "shots" / "adapter_config.json").read_text())["r"] == 3 * 8 + 8
+    )  # embedded: r = r_b = 8
+    capsys.readouterr()
+    assert main([*shots[:-1], "5,3", "-o", str(tmp_path / "short")]) == 2
+    assert "add up to 8" in capsys.readouterr().err and not (tmp_path / "short").exists()
 
 
 def test_composed_factors_are_the_composed_adapters_of_each_video_and_carry_gradients(hyper_model, clips):

@@ -3,7 +3,7 @@
 frames2lora demo                                      # the shipped sample clip, all three conditions, vs truth
 frames2lora ask VIDEO "question" ... [--compare] [--json]
 frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the video is not touched
-frames2lora internalize VIDEO -o DIR [--segment-frames N] [--max-rank R]   # segments composed in rank space
+frames2lora internalize VIDEO -o DIR [--segment-frames N|N1,N2,...] [--max-rank R]   # segments composed in rank space
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
                  [--video-loader MODULE:FUNCTION]      # e.g. peft_hyper.testing.world:render_spec_video
                  [--segment-frames N [--max-rank R]] [--reference in_context|adapter|composed]
@@ -509,6 +509,12 @@ def _counts(text: str) -> list[int]:
     return [_count(part) for part in text.split(",")]
 
 
+def _segments(text: str) -> int | list[int]:
+    """`12` (segments of 12 frames) or comma-separated segment lengths, e.g. `14,13,16` (segments at shot boundaries)."""
+    lengths = _counts(text)
+    return lengths if "," in text else lengths[0]
+
+
 def _sizes(text: str) -> list[int | None]:
     """Comma-separated longest edges in px (>= 1) or `native`, e.g. `native,224`."""
     return [None if part.strip() == "native" else _count(part) for part in text.split(",")]
@@ -573,9 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     internalize.add_argument(
         "--segment-frames",
-        type=_count,
+        type=_segments,
         default=None,
-        help="internalize the sampled frames in segments of this many and compose their adapters (rank K·r + r_b)",
+        help="internalize the sampled frames in segments of this many (or of these comma-separated lengths, e.g. "
+        "the shots of the video: 14,13,16) and compose their adapters (rank K·r + r_b)",
     )
     internalize.add_argument(
         "--max-rank", type=_count, default=None, help="cap the adapter's rank (serving engines cap it, e.g. 512)"
