@@ -144,6 +144,13 @@ def test_eval_of_spec_rows_without_a_video_loader_is_refused_before_loading(spec
     line = user_error(capsys, ["eval", "--data", str(spec_dataset), "--margin", "0.05", "--out", str(tmp_path / "r")])
     assert "`spec` column" in line and "--video-loader peft_hyper.testing.world:render_spec_video" in line
 
+    from peft_hyper.testing.long_world import make_long_dataset
+
+    long = tmp_path / "long"
+    make_long_dataset(1, seed=0, num_frames=24, split="test").save_to_disk(long)  # long-world specs: its own loader
+    line = user_error(capsys, ["eval", "--data", str(long), "--margin", "0.05", "--out", str(tmp_path / "r")])
+    assert "long-world" in line and "--video-loader peft_hyper.testing.long_world:render_long_spec_video" in line
+
 
 def test_a_bad_video_loader_is_refused_before_loading(manifest, tmp_path, capsys, no_model):
     argv = ["eval", "--data", str(manifest), "--margin", "0.05", "--out", str(tmp_path / "r"), "--video-loader"]

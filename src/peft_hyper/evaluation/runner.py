@@ -59,6 +59,7 @@ ALL_CONDITIONS = (BASELINE, "adapter", "composed", *CONTROLS, *SEGMENT_CONTROLS)
 VideoLoader = Callable[[Any, int, int | None], Video]
 # The loader of the synthetic world's `spec` column (in `peft_hyper.testing`, which the runtime does not import).
 SPEC_VIDEO_LOADER = "peft_hyper.testing.world:render_spec_video"
+LONG_SPEC_VIDEO_LOADER = "peft_hyper.testing.long_world:render_long_spec_video"
 
 
 @dataclass
@@ -560,10 +561,14 @@ def check_video_loader(items: Sequence[EvalItem], video_loader: VideoLoader | No
     """Refuse items with a synthetic-world `spec` when no `video_loader` is given: the default loader reads files, and
     the runtime does not import the synthetic world to render specs behind the user's back."""
     if video_loader is None and any(item.spec is not None for item in items):
+        long = any('"scenes"' in str(item.spec) for item in items)  # a long-world spec lists its scenes
+        loader, function = (
+            (LONG_SPEC_VIDEO_LOADER, "render_long_spec_video") if long else (SPEC_VIDEO_LOADER, "render_spec_video")
+        )
         raise UsageError(
-            "The evaluation data has a `spec` column (synthetic-world clips, rendered at any frame count); pass "
-            f"--video-loader {SPEC_VIDEO_LOADER} (in Python: video_loader=render_spec_video), or drop the column to "
-            "read the `video` files."
+            f"The evaluation data has a `spec` column ({'long-world videos' if long else 'synthetic-world clips'}, "
+            f"rendered from it); pass --video-loader {loader} (in Python: video_loader={function}), or drop the "
+            "column to read the `video` files."
         )
 
 

@@ -394,7 +394,8 @@ def render_spec_video(source: str, num_frames: int, size: int | None) -> Video:
     except (ValueError, KeyError, TypeError) as exc:  # a video path, or JSON that is not a spec
         raise UsageError(
             f"render_spec_video renders synthetic-world specs (a `spec` column); {str(source)[:80]!r} is not one "
-            f"({type(exc).__name__}: {exc}). Drop --video-loader to read video files."
+            f"({type(exc).__name__}: {exc}). Long-world specs take peft_hyper.testing.long_world:render_long_spec_video; "
+            "drop --video-loader to read video files."
         ) from exc
     frames = render_clip(spec, num_frames=num_frames, size=size or 64)
     return load_video(frames, num_frames=num_frames)
