@@ -638,8 +638,8 @@ class HyperLoraModel(BaseTuner):
     ) -> list[dict[str, torch.Tensor]]:
         """The adapters of one video's consecutive segments of `segment_frames` sampled frames (or of the given frame
         counts, `split_video`), not composed: what `generate_adapter(..., segment_frames=)` composes, for callers that
-        recombine segments themselves (evaluation controls, a selection of segments). `num_frames` / `fps` as in `generate_adapter`;
-        `segment_batch_size` segments per VLM and hypernetwork forward.
+        recombine segments themselves (evaluation controls, a selection of segments). `num_frames` / `fps` as in
+        `generate_adapter`; `segment_batch_size` segments per VLM and hypernetwork forward.
 
         Returns one state dict per segment, in order, each of rank `r + bias_rank` (the last `bias_rank` ranks, the
         bias block, identical in all of them), float32 on the model's device.

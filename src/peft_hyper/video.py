@@ -160,7 +160,7 @@ def split_video(video: Video | VideoReader, segment_frames: int | Sequence[int])
     """
     if isinstance(segment_frames, Sequence):
         lengths = list(segment_frames)
-        if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+        if not lengths or not all(_is_count(n) for n in lengths):
             raise InvalidSamplingError(
                 f"segment_frames must be whole numbers >= 1, one per segment; got {list(segment_frames)!r}."
             )
@@ -169,15 +169,12 @@ def split_video(video: Video | VideoReader, segment_frames: int | Sequence[int])
                 f"The segment lengths add up to {sum(lengths)} frames but the video has {video.num_frames} sampled "
                 "frames; give one length per segment covering every frame (sample the video first, e.g. at 1 fps)."
             )
-        stops = list(itertools.accumulate(lengths))
-        bounds = list(zip([0, *stops[:-1]], stops, strict=True))
-    elif isinstance(segment_frames, bool) or not isinstance(segment_frames, int) or segment_frames < 1:
-        raise InvalidSamplingError(f"segment_frames must be a whole number >= 1, got {segment_frames!r}.")
+    elif _is_count(segment_frames):
+        full, rest = divmod(video.num_frames, segment_frames)
+        lengths = [segment_frames] * full + ([rest] if rest else [])
     else:
-        bounds = [
-            (start, min(start + segment_frames, video.num_frames))
-            for start in range(0, video.num_frames, segment_frames)
-        ]
+        raise InvalidSamplingError(f"segment_frames must be a whole number >= 1, got {segment_frames!r}.")
+    bounds = list(itertools.pairwise([0, *itertools.accumulate(lengths)]))
     if isinstance(video, VideoReader):
         return [video.clip(start, stop) for start, stop in bounds]
     return [
@@ -478,6 +475,10 @@ def _check_sampling(num_frames: Any, fps: Any) -> tuple[int, float | None]:
             "second (at most num_frames), or fps=None to sample num_frames spread over the whole video."
         )
     return int(num_frames), None if fps is None else float(fps)
+
+
+def _is_count(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
 
 
 def _is_positive_real(value: Any) -> bool:

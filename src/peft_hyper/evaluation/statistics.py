@@ -321,8 +321,8 @@ def metric_disagreement(
 
     Flags (1) equivalence, (2) non-inferiority decisions that differ between metrics (e.g. an LLM judge says
     equivalent but token F1 does not; a degenerate comparison, which decides nothing, is left out of both), and (3)
-    opposite significant directions (one metric's ``1 - alpha`` t interval
-    of Δ is entirely above 0 while another's is entirely below). Holm-adjusted results use their adjusted flags.
+    opposite significant directions (one metric's ``1 - alpha`` t interval of Δ is entirely above 0 while another's
+    is entirely below). Holm-adjusted results use their adjusted flags.
 
     Args:
         results: Metric name -> comparison for one benchmark and one condition.
