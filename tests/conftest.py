@@ -25,6 +25,21 @@ def small_config(**overrides) -> HyperLoraConfig:
     return HyperLoraConfig(**kwargs)
 
 
+def pointing_at(router, second: float | None, sharpness: float = 30.0) -> None:
+    """Set a `SegmentRouter` to answer every question with `second` (`None`: no time), whatever the question."""
+    import torch
+
+    from peft_hyper.hypernetwork import second_features
+
+    with torch.no_grad():
+        router.head.weight.zero_()
+        if second is None:
+            router.head.bias.copy_(torch.cat([torch.zeros(router.num_time_features), torch.tensor([10.0])]))
+        else:
+            query = sharpness * second_features(torch.tensor([second]), router.num_time_features)[0]
+            router.head.bias.copy_(torch.cat([query, torch.tensor([-10.0])]))
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> str:
     return str(save_tiny_smolvlm(tmp_path_factory.mktemp("tiny_smolvlm")))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_config
+from conftest import pointing_at, small_config
 from peft import AutoPeftModel, get_peft_model
 from safetensors.torch import save_file
 from transformers import SmolVLMForConditionalGeneration
@@ -391,3 +391,20 @@ def test_console_entry_point_exits_2_with_one_line(clips, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: -o/--output") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_ask_with_segments_routes_each_question_to_the_segment_it_names(tiny_base_dir, tmp_path, capsys, monkeypatch):
+    from peft_hyper.testing.videos import make_test_frames, write_video
+
+    vlm = SmolVLMForConditionalGeneration.from_pretrained(tiny_base_dir)
+    model = get_peft_model(vlm, small_config(router_layer=1)).eval()
+    pointing_at(model.base_model.router, 7.0)
+    monkeypatch.setattr(cli, "load_model", lambda model_id: model)
+    video = write_video(make_test_frames(40, 48, 64, seed=7), tmp_path / "long.mp4", fps=4)  # 10 s: 1 fps → 10 frames
+    argv = ["ask", str(video), "what is at 00:07?", "what colour?", "--segment-frames", "3", "--json"]
+    assert cli.main([*argv, "--max-new-tokens", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)["answers"]
+    assert [row["adapter"]["routed_to"] for row in rows] == ["video-segment2", "video-segment2"]
+    pointing_at(model.base_model.router, None)
+    assert cli.main(["ask", str(video), "how many?", "--segment-frames", "3", "--max-new-tokens", "2"]) == 0
+    assert "[video]" in capsys.readouterr().out  # names no time: the whole composition answers

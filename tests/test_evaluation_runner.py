@@ -485,9 +485,47 @@ def test_segment_frames_adds_composed_and_its_controls(segment_run):
             "one_segment",
         )
     }
-    assert set(run.results.benchmarks[0].comparisons) == set(runner.ALL_CONDITIONS) - {"in_context"}
+    # `routed` needs a hypernetwork with a segment router (test_routed_condition_answers_with_the_chosen_segment)
+    assert set(run.results.benchmarks[0].comparisons) == set(runner.ALL_CONDITIONS) - {"in_context", "routed"}
     assert run.results.metadata["segment_frames"] == 2
-    assert {condition for condition, _ in loaded} == set(runner.SEGMENT_CONDITIONS)
+    assert {condition for condition, _ in loaded} == set(runner.SEGMENT_CONDITIONS) - {"routed"}
+
+
+def test_routed_condition_answers_with_the_chosen_segment(tiny_base_dir, clips, monkeypatch):
+    """With a router: a question routed to a segment is answered with that segment alone; one that names no time
+    with the composition."""
+    import torch
+    from conftest import pointing_at
+
+    model = get_peft_model(
+        SmolVLMForConditionalGeneration.from_pretrained(tiny_base_dir), small_config(router_layer=1)
+    ).eval()
+    tuner = model.base_model
+    loaded = _record_segment_adapters(monkeypatch)
+    items = _segment_items(clips[:2])
+    clip = runner.load_eval_video(clips[0], 4)
+    late = clip.metadata.timestamps[3]  # in the second segment of 2 frames
+    runs = {}
+    for second in (late, None):
+        pointing_at(tuner.router, second)
+        runs[second] = evaluate_adapters(
+            model,
+            items,
+            metrics=["exact_match"],
+            margin=0.1,
+            max_new_tokens=3,
+            progress=False,
+            controls=[],
+            **SEGMENTS,
+        )
+    assert "routed@4" in runs[late].predictions
+    assert "routed" in runs[late].results.benchmarks[0].comparisons
+    parts = tuner.generate_segment_adapters(clip, 2)
+    expected = tuner.compose_adapters([parts[1]])
+    got = loaded["routed", (clips[0], 1)]
+    assert all(torch.allclose(got[key], value, atol=1e-6) for key, value in expected.items())
+    assert runs[None].predictions["routed@4"] == runs[None].predictions["composed@4"]
+    assert ("routed", (clips[0], None)) in loaded
 
 
 def test_composed_condition_answers_with_the_adapter_of_generate_adapter_by_segments(segment_run, clips):

@@ -10,7 +10,10 @@ detector would give; `split_video(video, [lengths])`), and every single-scene qu
 - `fixed`: the composition of fixed `--segment-frames` segments (what `generate_adapter(..., segment_frames=12)` does);
 - `scenes`: the composition of the scene segments — all of the video's scenes in one adapter;
 - `cued_scene`: the cued scene's segment alone (cut from the long video, so with its times in it), same question;
-- `cued_scene_plain`: the cued scene's segment alone, asked the plain clip-world question without the time cue.
+- `cued_scene_plain`: the cued scene's segment alone, asked the plain clip-world question without the time cue;
+- with a checkpoint that has a segment router (`peft_hyper.routing`): `routed_fixed` / `routed_scenes`, each question
+  answered with the fixed / scene segment the router picks (the composition when it says the question names no
+  time), and `router_scene_accuracy`, how often the scene it picks is the cued one.
 
 `scenes` vs `cued_scene` is the cost of composing the cued scene with all the others (retrieval and interference),
 with the segmentation held fixed; `fixed` vs `scenes` is the cost of segments that straddle scenes. Cross-scene
@@ -24,16 +27,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import torch  # noqa: E402
 
+from peft_hyper.routing import choose_segments  # noqa: E402
 from peft_hyper.testing.long_world import LongVideoSpec  # noqa: E402
 
 CONDITIONS = ("fixed", "scenes", "cued_scene", "cued_scene_plain")
+ROUTED = ("routed_fixed", "routed_scenes")
 
 
 def main() -> None:
     args = common.parser(__doc__, videos=10).parse_args()
     tuner = common.load_tuner(args)
-    hits = common.new_hits(CONDITIONS)
+    routing = tuner.router is not None
+    hits = common.new_hits(CONDITIONS + (ROUTED if routing else ()))
+    picked_cued: list[bool] = []
 
     def answer(adapter: dict, prompts: list[str]) -> list[str]:
         tuner.load_generated_adapter(adapter, "scene_segments")
@@ -42,15 +50,31 @@ def main() -> None:
     for spec, video, questions in common.videos_and_questions(args):
         lengths = [scene.num_frames for scene in LongVideoSpec.from_json(spec).scenes]
         prompts = [q["prompt"] for q in questions]
-        fixed = tuner.generate_adapter(video, num_frames=video.num_frames, segment_frames=args.segment_frames)
+        fixed_parts = tuner.generate_segment_adapters(video, args.segment_frames, num_frames=video.num_frames)
+        fixed = tuner.compose_adapters(fixed_parts)  # = generate_adapter(video, segment_frames=...)
         common.score(hits, "fixed", questions, answer(fixed, prompts))
         scenes = tuner.generate_segment_adapters(video, lengths, num_frames=video.num_frames)
-        common.score(hits, "scenes", questions, answer(tuner.compose_adapters(scenes), prompts))
+        composed_scenes = tuner.compose_adapters(scenes)
+        common.score(hits, "scenes", questions, answer(composed_scenes, prompts))
+        if routing:
+            times = torch.tensor(video.metadata.timestamps)
+            starts = LongVideoSpec.from_json(spec).scene_starts
+            for name, parts, composed, segment_starts in (
+                ("routed_fixed", fixed_parts, fixed, times[:: args.segment_frames]),
+                ("routed_scenes", scenes, composed_scenes, times[starts]),
+            ):
+                choices = choose_segments(tuner.segment_probabilities(prompts, times, segment_starts))
+                for question, choice in zip(questions, choices, strict=True):
+                    adapter = composed if choice is None else parts[choice]
+                    common.score(hits, name, [question], answer(adapter, [question["prompt"]]))
+                    if name == "routed_scenes" and question["scene_index"] is not None:
+                        picked_cued.append(choice == question["scene_index"])
         for question in (q for q in questions if q["scene_index"] is not None):
             alone = scenes[question["scene_index"]]
             common.score(hits, "cued_scene", [question], answer(alone, [question["prompt"]]))
             common.score(hits, "cued_scene_plain", [question], answer(alone, [question["scene_prompt"]]))
-    common.summarise(hits, args)
+    extra = {"router_scene_accuracy": sum(picked_cued) / len(picked_cued)} if picked_cued else {}
+    common.summarise(hits, args, **extra)
 
 
 if __name__ == "__main__":

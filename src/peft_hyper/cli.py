@@ -2,6 +2,7 @@
 
 frames2lora demo                                      # the shipped sample clip, all three conditions, vs truth
 frames2lora ask VIDEO "question" ... [--compare] [--json]
+frames2lora ask LONG_VIDEO "question" ... --segment-frames 12   # segments: each question routed to its segment
 frames2lora ask ADAPTER_DIR "question" ...            # a saved adapter: the video is not touched
 frames2lora internalize VIDEO -o DIR [--segment-frames N|N1,N2,...] [--max-rank R]   # segments composed in rank space
 frames2lora eval --data MANIFEST.jsonl|DATASET --metrics exact_match,token_f1 --margin 0.05 --out report/
@@ -190,29 +191,50 @@ def ask(
     compare: bool = False,
     frames: int | None = None,
     max_new_tokens: int = 16,
+    segment_frames: int | list[int] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Internalize `source` (a video, or a dir written by `frames2lora internalize`) and answer `questions`
-    adapter-only; with `compare`, also with the video in context and with no video. Returns (timings, rows)."""
+    adapter-only; with `compare`, also with the video in context and with no video. Returns (timings, rows).
+
+    With `segment_frames` the video is internalized by segments: with a checkpoint that has a segment router, each
+    question is answered with the adapter `route` picks (the row's `adapter` says which, in `routed_to`, and the
+    router's prefill is in its TTFT); without one, with the composed adapter."""
     tuner = model.base_model
     source = Path(source)
     timings: dict[str, float] = {}
     if source.is_dir():
         if compare:
             raise UsageError("--compare needs a video (the in-context answer reads it), not an adapter directory.")
+        if segment_frames is not None:
+            raise UsageError("--segment-frames needs a video to cut into segments, not an adapter directory.")
         start = time.perf_counter()
         tuner.load_generated_adapter(_read_adapter(source), "video")
         timings["load_adapter_s"] = time.perf_counter() - start
         video = None
+    elif segment_frames is not None:
+        start = time.perf_counter()
+        if tuner.router is not None:
+            tuner.internalize_segments(str(source), "video", segment_frames=segment_frames, num_frames=frames)
+        else:
+            tuner.internalize(str(source), "video", num_frames=frames, segment_frames=segment_frames)
+        timings["internalize_s"] = time.perf_counter() - start
+        video = tuner.load_videos(str(source), num_frames=frames)[0][0] if compare else None
     else:
         start = time.perf_counter()
         video = tuner.load_videos(str(source), num_frames=frames)[0][0]  # sampled as the checkpoint reads videos
         tuner.internalize(video, adapter_name="video")
         timings["internalize_s"] = time.perf_counter() - start
+    routed = segment_frames is not None and tuner.router is not None
 
     rows = []
     for question in tqdm(questions, desc="questions", disable=len(questions) < 4, leave=False):
         row: dict[str, Any] = {"question": question}
-        row["adapter"] = timed_answer(tuner, question, max_new_tokens, adapter_names="video")
+        start = time.perf_counter()
+        name = tuner.route([question], "video")[0] if routed else "video"
+        route_s = time.perf_counter() - start
+        row["adapter"] = timed_answer(tuner, question, max_new_tokens, adapter_names=name)
+        if routed:
+            row["adapter"].update(routed_to=name, ttft_s=row["adapter"]["ttft_s"] + route_s)
         if compare:
             row["in_context"] = timed_answer(tuner, question, max_new_tokens, videos=[video])
             row["no_video"] = timed_answer(tuner, question, max_new_tokens, adapter_names="__base__")
@@ -236,6 +258,8 @@ def print_table(timings: dict[str, float], rows: list[dict[str, Any]]) -> None:
                 f"{row['question'][:width] if index == 0 else '':<{width}} {condition:<11} "
                 f"{cell['visual_tokens']:>10} {cell['ttft_s'] * 1000:>6.0f}ms  {cell['answer']}"
             )
+            if "routed_to" in cell:
+                line += f"  [{cell['routed_to']}]"
             if truth:
                 line += f"  ({'ok' if cell['answer'] == row['truth'] else 'expected ' + row['truth']})"
             print(line)
@@ -243,7 +267,9 @@ def print_table(timings: dict[str, float], rows: list[dict[str, Any]]) -> None:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     model = load_model(args.model)
-    timings, rows = ask(model, args.source, args.questions, args.compare, args.frames, args.max_new_tokens)
+    timings, rows = ask(
+        model, args.source, args.questions, args.compare, args.frames, args.max_new_tokens, args.segment_frames
+    )
     if args.json:
         print(json.dumps({"source": str(args.source), **timings, "answers": rows}, indent=2))
     else:
@@ -567,6 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="machine-readable output")
     ask.add_argument("--frames", type=_count, default=None, help="frames to sample (default: the checkpoint's)")
     ask.add_argument("--max-new-tokens", type=_count, default=16)
+    ask.add_argument(
+        "--segment-frames",
+        type=_segments,
+        default=None,
+        help="internalize a long video in segments of this many frames (or these comma-separated lengths); with a "
+        "checkpoint that has a segment router, each question is answered by the segment it names",
+    )
     ask.set_defaults(func=cmd_ask)
 
     internalize = sub.add_parser(

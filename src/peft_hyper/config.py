@@ -156,6 +156,18 @@ class HyperLoraConfig(PeftConfig):
             )
         },
     )
+    router_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Give the hypernetwork a segment router (`routing.py`) reading the questions' states entering this "
+                "decoder layer of the base: it says which time of a long video a question is about, so that "
+                "`HyperLoraModel.route` answers it with that segment's adapter instead of the whole composition. "
+                "`None`: no router. Trained on its own (`examples/long_video/train_router.py`)."
+            )
+        },
+    )
+    router_dim: int = field(default=128, metadata={"help": "Width of the segment router (with `router_layer`)."})
     init_scale_a: float = field(default=1.0, metadata={"help": "Initial value of the learned scale of generated A."})
     init_scale_b: float = field(
         default=0.0,
@@ -267,6 +279,12 @@ class HyperLoraConfig(PeftConfig):
             raise ValueError(f"HyperLoraConfig.bias_rank must be >= 0, got {self.bias_rank}.")
         if self.frames_per_vision_chunk is not None and self.frames_per_vision_chunk < 1:
             raise ValueError(f"frames_per_vision_chunk must be >= 1 or None, got {self.frames_per_vision_chunk}.")
+        if self.router_layer is not None and (not isinstance(self.router_layer, int) or self.router_layer < 0):
+            raise ValueError(
+                f"HyperLoraConfig.router_layer must be a decoder layer index >= 0 or None, got {self.router_layer!r}."
+            )
+        if not isinstance(self.router_dim, int) or self.router_dim < 1:
+            raise ValueError(f"HyperLoraConfig.router_dim must be a positive integer, got {self.router_dim!r}.")
         if self.segment_scaling not in SEGMENT_SCALINGS:
             raise ValueError(
                 f"HyperLoraConfig.segment_scaling must be one of {SEGMENT_SCALINGS}, got {self.segment_scaling!r}."

@@ -97,16 +97,21 @@ def position_features(mask: torch.Tensor, num_features: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def time_features(time_spans: torch.Tensor, num_features: int) -> torch.Tensor:
-    """Sinusoidal features of each video's time span: `(B, 2)` first and last frame times in seconds →
-    `(B, num_features)`, half for each end.
+def second_features(seconds: torch.Tensor, num_features: int) -> torch.Tensor:
+    """Sinusoidal features of times in seconds: `(T,)` → `(T, num_features)`, sin then cos.
 
     Periods run geometrically from 2 s to 4,096 s, so that one second apart and an hour apart are both told apart.
     """
-    per_end = num_features // 4
-    periods = 2.0 * 2048.0 ** (torch.arange(per_end, device=time_spans.device, dtype=torch.float32) / (per_end - 1))
-    angles = time_spans.to(torch.float32)[..., None] * (2 * torch.pi / periods)  # (B, 2, per_end)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
+    count = num_features // 2
+    periods = 2.0 * 2048.0 ** (torch.arange(count, device=seconds.device, dtype=torch.float32) / (count - 1))
+    angles = seconds.to(torch.float32)[:, None] * (2 * torch.pi / periods)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def time_features(time_spans: torch.Tensor, num_features: int) -> torch.Tensor:
+    """Sinusoidal features of each video's time span: `(B, 2)` first and last frame times in seconds →
+    `(B, num_features)`, `second_features` of each end."""
+    return second_features(time_spans.reshape(-1), num_features // 2).reshape(time_spans.shape[0], -1)
 
 
 class HyperNetwork(nn.Module):

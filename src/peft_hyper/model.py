@@ -56,6 +56,7 @@ from .inputs import (
 )
 from .lora import build_lora_config, check_finite, factors_to_state_dicts, lora_state_dict_keys
 from .reference_hypernetwork import ReferenceHyperNetwork
+from .routing import SegmentedVideo, SegmentRouter, choose_segments
 from .saving import atomic_directory
 from .video import Video, VideoInput, VideoReader, load_video, open_video, split_video
 
@@ -174,6 +175,7 @@ class HyperLoraModel(BaseTuner):
         super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
         self.model.requires_grad_(False)
         self.adapters = GeneratedAdapters(self.model, self.peft_config)
+        self._segmented: dict[str, SegmentedVideo] = {}  # adapters internalized by segments for `route`
         if self._processor is None:
             self._processor = self._find_processor(local_only=True)
             self._attach_processor_to_configs()
@@ -204,6 +206,15 @@ class HyperLoraModel(BaseTuner):
             hypernetwork = HYPERNETWORK_CLASSES[config.architecture](
                 config, text_config.hidden_size, text_config.num_hidden_layers, targets
             )
+            if config.router_layer is not None:
+                if config.router_layer >= text_config.num_hidden_layers:
+                    raise ValueError(
+                        f"HyperLoraConfig.router_layer is {config.router_layer} but the text decoder has "
+                        f"{text_config.num_hidden_layers} layers."
+                    )
+                # The router reads the base model, not the hypernetwork's inputs; it lives in the hypernetwork's
+                # module so that PEFT saves and loads it with the hypernetwork's weights.
+                hypernetwork.router = SegmentRouter(text_config.hidden_size, config.router_dim)
         if device.type != "meta":
             hypernetwork.to(device)
         if "hypernetworks" not in self._modules:
@@ -326,8 +337,10 @@ class HyperLoraModel(BaseTuner):
             return
         if adapter_name not in self.adapters:
             raise ValueError(f"No adapter named '{adapter_name}'.")
-        self.adapters.delete(adapter_name)
-        del self.peft_config[adapter_name]
+        segmented = self._segmented.pop(adapter_name, None)
+        for name in (adapter_name, *(segmented.names if segmented else ())):
+            self.adapters.delete(name)
+            del self.peft_config[name]
         if adapter_name in self._as_list(self.active_adapter):
             self.set_adapter(self.active_hypernetwork)
 
@@ -644,11 +657,16 @@ class HyperLoraModel(BaseTuner):
         Returns one state dict per segment, in order, each of rank `r + bias_rank` (the last `bias_rank` ranks, the
         bias block, identical in all of them), float32 on the model's device.
         """
-        (reader,), _ = self.open_videos([video], *self._segment_sampling(num_frames, fps))
-        parts = self._segment_adapters(split_video(reader, segment_frames), segment_batch_size)
+        parts = self._segment_adapters(self._segments(video, segment_frames, num_frames, fps), segment_batch_size)
         for part in parts:
             check_finite(part, "generated segment adapter")
         return parts
+
+    def _segments(
+        self, video: VideoInput, segment_frames: int | Sequence[int], num_frames: int | None, fps: float | None
+    ) -> list[VideoReader]:
+        (reader,), _ = self.open_videos([video], *self._segment_sampling(num_frames, fps))
+        return split_video(reader, segment_frames)
 
     def _segment_sampling(self, num_frames: int | None, fps: float | None) -> tuple[int, float | None]:
         """Frame sampling for segments: what is passed, or — without `num_frames` — the whole video, one frame every
@@ -729,6 +747,92 @@ class HyperLoraModel(BaseTuner):
         )
         self.load_generated_adapter(state_dict, adapter_name, activate=activate)
         return state_dict
+
+    # ------------------------------------------------------------------ long videos: questions routed to segments
+    @property
+    def router(self) -> SegmentRouter | None:
+        """The active hypernetwork's segment router (`HyperLoraConfig.router_layer`; `routing.py`), or `None`."""
+        return getattr(self.hypernetwork, "router", None)
+
+    @_serialized
+    def internalize_segments(
+        self,
+        video: VideoInput,
+        adapter_name: str = "video",
+        segment_frames: int | Sequence[int] = 12,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        activate: bool = True,
+        segment_batch_size: int = 8,
+    ) -> list[str]:
+        """Internalize `video` by segments for `route`: the composition of its segments is loaded as `adapter_name`
+        (what `internalize(video, adapter_name, segment_frames=...)` loads; activated with `activate`) and each
+        segment's own adapter as `"{adapter_name}-segment{k}"`, with the segments' start times. Sampling and
+        `segment_frames` as in `generate_adapter`. Memory: every segment's adapter stays resident (`K` adapters of
+        rank `r + bias_rank`). `delete_adapter(adapter_name)` removes them all.
+
+        Returns the segment adapters' names, in order.
+        """
+        self._check_adapter_name(adapter_name)
+        segments = self._segments(video, segment_frames, num_frames, fps)
+        parts = self._segment_adapters(segments, segment_batch_size)
+        for part in parts:
+            check_finite(part, "generated segment adapter")
+        names = [f"{adapter_name}-segment{k}" for k in range(len(parts))]
+        if adapter_name in self._segmented:
+            self.delete_adapter(adapter_name)
+        for name, part in zip(names, parts, strict=True):
+            self.load_generated_adapter(part, name, activate=False)
+        self.load_generated_adapter(self.compose_adapters(parts), adapter_name, activate=activate)
+        frame_times = torch.tensor([t for segment in segments for t in segment.metadata.timestamps])
+        self._segmented[adapter_name] = SegmentedVideo(tuple(names), frame_times, video_time_spans(segments)[:, 0])
+        return names
+
+    @_serialized
+    def route(self, questions: str | Sequence[str], adapter_name: str, no_time_threshold: float = 0.5) -> list[str]:
+        """For each question, the adapter to answer it with among those of `internalize_segments(video,
+        adapter_name)`: the segment the router puts the most probability on, or `adapter_name` itself (the whole
+        composition) when the probability that the question names no time is at least `no_time_threshold`. Pass the
+        result to `answer(questions, adapter_names=...)`."""
+        if adapter_name not in self._segmented:
+            raise UsageError(
+                f"'{adapter_name}' was not internalized by segments: call internalize_segments(video, "
+                f"'{adapter_name}', segment_frames=...) first."
+            )
+        video = self._segmented[adapter_name]
+        probabilities = self.segment_probabilities(questions, video.frame_times, video.starts)
+        choices = choose_segments(probabilities, no_time_threshold)
+        return [adapter_name if choice is None else video.names[choice] for choice in choices]
+
+    def segment_probabilities(
+        self, questions: str | Sequence[str], frame_times: torch.Tensor, segment_starts: torch.Tensor
+    ) -> torch.Tensor:
+        """`(Q, K + 1)`: the router's probability that each question is about each of `K` segments starting at
+        `segment_starts` `(K,)` seconds of a video whose sampled frames are at `frame_times` `(T,)` seconds, then that
+        it names no time (`SegmentRouter.segment_probabilities`)."""
+        router = self.router
+        if router is None:
+            raise UsageError(
+                "This hypernetwork has no segment router (HyperLoraConfig.router_layer is None): train one with "
+                "examples/long_video/train_router.py, or answer with the composed adapter."
+            )
+        states, mask = self.question_states(questions)
+        with torch.no_grad():
+            return router.segment_probabilities(
+                router(states, mask), torch.as_tensor(frame_times).to(states.device), torch.as_tensor(segment_starts)
+            )
+
+    def question_states(self, questions: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the router reads: the states `(Q, S, hidden)` entering decoder layer `router_layer` of the frozen
+        base for the questions' text-only prompts (`text_inputs`, right-padded), and their mask `(Q, S)` bool."""
+        layer = self.hyper_config.router_layer
+        if layer is None:
+            raise UsageError("This hypernetwork has no segment router (HyperLoraConfig.router_layer is None).")
+        inputs = self.text_inputs(questions, padding_side="right")
+        captured: dict[int, torch.Tensor] = {}
+        with self.generated_adapters_disabled():
+            stream_decoder_layer_inputs(self.model, inputs, [layer], captured.__setitem__)
+        return captured[layer], inputs["attention_mask"].bool()
 
     @_serialized
     def load_generated_adapter(

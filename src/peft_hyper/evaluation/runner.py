@@ -12,7 +12,9 @@ Conditions:
 With `segment_frames` (segments of a video internalized separately and composed in rank space):
 - `composed`: the video's segment adapters composed, exactly `generate_adapter(video, segment_frames=, max_rank=)`;
 - `segments_shuffled`: at every segment position, another video's segment at that position, composed;
-- `one_segment`: one segment's adapter alone (a seeded draw per video).
+- `one_segment`: one segment's adapter alone (a seeded draw per video);
+- `routed` (a hypernetwork with a segment router, `routing.py`): each question answered with the segment its router
+  picks, or with `composed` when the router says it names no time (`HyperLoraModel.route`).
 
 Videos are read through a video loader, `(source, num_frames, size) -> Video`: by default [`load_eval_video`] (the
 file, resized); [`import_video_loader`] resolves `frames2lora eval --video-loader MODULE:FUNCTION`.
@@ -38,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data import load_manifest, looks_like_local_path, video_key
 from ..errors import EvalDataError, EvalDataNotFoundError, OutputPathError, PeftHyperError, UsageError
+from ..routing import choose_segments
 from ..video import Video, load_video
 from .metrics import JudgeFn, available_metrics, load_metric, per_item_scores
 from .report import BenchmarkResult, EvaluationResults, NotRun, ReportFiles, write_report
@@ -49,10 +52,10 @@ BASELINE = "in_context"
 CONTROLS = ("no_video", "bias_only", "shuffled")
 # Controls of composition: recombinations of each video's segment adapters (need `segment_frames`).
 SEGMENT_CONTROLS = ("segments_shuffled", "one_segment")
-SEGMENT_CONDITIONS = ("composed", *SEGMENT_CONTROLS)  # adapters built from the segment adapters of a video
+SEGMENT_CONDITIONS = ("composed", "routed", *SEGMENT_CONTROLS)  # adapters built from a video's segment adapters
 SEEDED_CONDITIONS = ("shuffled", *SEGMENT_CONTROLS)  # their adapters depend on `seed`
 BASE_ONLY_CONDITIONS = (BASELINE, "no_video")  # answered by the base VLM alone
-ALL_CONDITIONS = (BASELINE, "adapter", "composed", *CONTROLS, *SEGMENT_CONTROLS)
+ALL_CONDITIONS = (BASELINE, "adapter", "composed", "routed", *CONTROLS, *SEGMENT_CONTROLS)
 
 # How `evaluate_adapters` reads an item's video: `(source, num_frames, size) -> Video`, where `source` is the item's
 # `spec` when it has one, else its `video`, and `size` the longest edge in px (`None`: as stored).
@@ -245,9 +248,9 @@ def evaluate_adapters(
         controls: negative controls (`CONTROLS`, and `SEGMENT_CONTROLS` with `segment_frames`); `None`: all of those
             that apply.
         segment_frames: also evaluate composed adapters: each video's sampled frames cut into segments of this many,
-            one adapter per segment, composed in rank space (`composed`; rank `K·r + bias_rank`). Each video's segment
-            adapters are generated once per frame count and size and shared by `composed`, `segments_shuffled` and
-            `one_segment`.
+            one adapter per segment, composed in rank space (`composed`; rank `K·r + bias_rank`), and, with a
+            hypernetwork that has a segment router, questions routed to one segment (`routed`). Each video's segment
+            adapters are generated once per frame count and size and shared by every segment condition.
         max_rank: cap the rank of the segment conditions' adapters (`compose_adapters(..., max_rank=)`).
         reference: the condition the others are compared with: `in_context`, `adapter` or `composed`.
 
@@ -306,6 +309,8 @@ def evaluate_adapters(
 
     # Conditions swept over every frame count and size, the reference first; controls at the main ones only.
     swept = [reference, *(c for c in swept_conditions(segment_frames) if c != reference)]
+    if segment_frames is not None and tuner.router is not None:
+        swept.append("routed")
     main = (frames[0], sizes[0])
     groups = [(main, [*swept, *controls])]
     groups += [((f, s), swept) for f in frames for s in sizes if (f, s) != main]
@@ -659,6 +664,8 @@ def _predict(
                 # One adapter per distinct video of the batch (questions about the same clip share it: the point of
                 # internalizing once), then a mixed batch with each question routed to its video's adapter.
                 sources = [videos[donor.get(item.id, item.id)] for item in batch]
+                if condition == "routed":  # one adapter per (video, segment the router picks)
+                    sources = list(zip(sources, segments.route(prompts, sources), strict=True))
                 unique = list(dict.fromkeys(sources))
                 slot = {source: f"eval{index:03d}" for index, source in enumerate(unique)}
                 if condition in SEGMENT_CONDITIONS:
@@ -686,7 +693,8 @@ class _SegmentAdapters:
       derangement of the videos that have a `k`-th segment, drawn anew for each `k` (a random cyclic order, each video
       taking the next one's segment), so a video's positions and their timestamps are kept and its content is not;
     - `one_segment`: one segment of the video alone, drawn per video from a generator seeded with `seed` and the
-      video (the same segment for every question about it), through the same composition (`max_rank` included).
+      video (the same segment for every question about it), through the same composition (`max_rank` included);
+    - `routed`: for a (video, choice) pair of `route`, the segment chosen, alone, or `composed` for `None`.
 
     Segment adapters are kept on the CPU without their bias block, which is the same in all of them and kept once:
     `K · r · Σ(in + out)` floats for a video of `K` segments (`r` the hypernetwork's rank, the sum over its targets).
@@ -710,14 +718,21 @@ class _SegmentAdapters:
         self._generated: dict[Any, list[dict[str, torch.Tensor]]] = {}  # source → each segment's own ranks
         self._bias: dict[str, torch.Tensor] = {}
         self._donors: dict[tuple[Any, int], Any] | None = None
+        self._frame_times: dict[Any, torch.Tensor] = {}  # source → its sampled frames' times (s)
 
     def adapter(self, condition: str, source: Any) -> dict[str, torch.Tensor]:
-        """The adapter of `condition` (one of `SEGMENT_CONDITIONS`) for the video `source`."""
+        """The adapter of `condition` (one of `SEGMENT_CONDITIONS`) for the video `source` (for `routed`, a pair of
+        the video and the segment `route` chose)."""
+        if condition == "routed":
+            source, choice = source
+            condition = "composed" if choice is None else "routed"
         count = self.num_segments(source)
         if condition == "composed":
             parts = [self.segment(source, k) for k in range(count)]
         elif condition == "one_segment":
             parts = [self.segment(source, self.chosen_segment(source))]
+        elif condition == "routed":
+            parts = [self.segment(source, choice)]
         elif condition == "segments_shuffled":
             donors = self.donors()
             parts = [self.segment(donors[source, k], k) for k in range(count)]
@@ -727,6 +742,19 @@ class _SegmentAdapters:
 
     def num_segments(self, source: Any) -> int:
         return len(self._parts(source))
+
+    def route(self, prompts: Sequence[str], sources: Sequence[Any]) -> list[int | None]:
+        """The segment of its video the router picks for each prompt (`None`: the prompt names no time)."""
+        choices: list[int | None] = [None] * len(prompts)
+        for source in dict.fromkeys(sources):
+            rows = [i for i, s in enumerate(sources) if s == source]
+            self._parts(source)
+            frame_times = self._frame_times[source]
+            starts = frame_times[:: self.segment_frames]
+            probabilities = self.tuner.segment_probabilities([prompts[i] for i in rows], frame_times, starts)
+            for row, choice in zip(rows, choose_segments(probabilities), strict=True):
+                choices[row] = choice
+        return choices
 
     def segment(self, source: Any, index: int) -> dict[str, torch.Tensor]:
         """Segment `index`'s adapter of `source` as generated (its own ranks, then the bias block)."""
@@ -758,6 +786,7 @@ class _SegmentAdapters:
     def _parts(self, source: Any) -> list[dict[str, torch.Tensor]]:
         if source not in self._generated:
             clip = self.video_loader(source, self.num_frames, self.size)
+            self._frame_times[source] = torch.tensor(clip.metadata.timestamps)
             own_ranks = []
             for part in self.tuner.generate_segment_adapters(clip, self.segment_frames):
                 own, self._bias = _split_bias_block(part, self.bias_rank)
