@@ -47,7 +47,7 @@ def test_train_hypernetwork_ships_a_loadable_checkpoint(tiny_base_dir, clips, tm
     prompt = ["--internalize_prompt", "Internalize this video.", "--no-internalize_generation_prompt"]
     command[command.index("--output") + 1] = str(continued)
     command[command.index("--workdir") + 1] = str(tmp_path / "work2")
-    command += ["--init_from", str(output), *prompt, "--task_weights", "motion=4,temporal=2"]
+    command += ["--init_from", str(output), *prompt, "--task_weights", "motion=4,temporal=2", "--cue_questions", "0.5"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     card = (continued / "README.md").read_text()

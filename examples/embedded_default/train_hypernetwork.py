@@ -24,6 +24,9 @@ the clips by `--frame_sampling` (default `uniform`: the world's clips hold exact
 (`peft_hyper.testing.long_world`: scenes of 12-16 frames; single-scene questions with a time cue, cross-scene counts
 and order, long captions) and trains through composition (`HyperLoraTrainer(segment_frames=...)`: every video, clips
 included, is cut into segments whose adapters are composed, as `generate_adapter(..., segment_frames=)` does).
+`--cue_questions P` phrases a fraction P of the clips' questions as the long world's time-cued ones ("in the scene at
+00:07, what colour is the circle?", the time uniform over the clip's frames), so that a segment's adapter answers the
+question a segment router sends it as well as the plain one (`docs/long_videos.md`, routing).
 `--video_dir` keeps the clips elsewhere than `<workdir>/train_videos` and reuses the ones already there (the same
 seed writes the same clips), so that several runs can share them; `--max_minutes` stops training after that many
 minutes of it (the learning-rate schedule still follows `--max_steps`), for runs compared on the same time budget.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import shutil
 import time
 from pathlib import Path
@@ -48,7 +52,7 @@ from transformers import AutoProcessor, SmolVLMForConditionalGeneration, Trainer
 
 import peft_hyper
 from peft_hyper.config import PACKAGE_PATH_PREFIX
-from peft_hyper.testing.long_world import LONG_QA_KINDS, make_long_dataset
+from peft_hyper.testing.long_world import LONG_QA_KINDS, T_CUE, T_CUE_COUNT, make_long_dataset, timestamp
 from peft_hyper.testing.world import CAPTION_PROMPT, QA_KINDS, ClipSpec, make_dataset, write_clip
 
 KINDS = (*QA_KINDS, *LONG_QA_KINDS, "caption")
@@ -63,6 +67,18 @@ def parse_task_weights(text: str) -> dict[str, float]:
             raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT with KIND in {KINDS}, got {part!r}")
         weights[kind] = float(value)
     return weights
+
+
+def with_time_cue(row: dict, index: int, fraction: float, seed: int, num_frames: int) -> dict:
+    """With probability `fraction` (seeded by the row), the row's clip question asked about the scene at a time
+    inside the clip (1 fps: frame `k` at `k` s), as the long world asks about one of its scenes."""
+    rng = random.Random(f"{seed}|cue|{index}")
+    if row["task_type"] not in QA_KINDS or rng.random() >= fraction:
+        return {}
+    time = timestamp(rng.randrange(num_frames))
+    if row["task_type"] == "count":
+        return {"prompt": T_CUE_COUNT.format(time=time)}
+    return {"prompt": T_CUE.format(time=time) + row["prompt"]}
 
 
 class StopAfterMinutes(TrainerCallback):
@@ -101,6 +117,9 @@ def parse_args() -> argparse.Namespace:
         "--time_encoding",
         action="store_true",
         help="give the hypernetwork each segment's time span (HyperLoraConfig.time_encoding; also on --init_from)",
+    )
+    parser.add_argument(
+        "--cue_questions", type=float, default=0.0, help="fraction of clip questions phrased with a time cue"
     )
     parser.add_argument("--size", type=int, default=64, help="rendered frame size (px)")
     parser.add_argument("--max_steps", type=int, default=5000)
@@ -209,6 +228,12 @@ def main() -> None:
         return {"video": written[row["clip_id"]]}
 
     train = train.map(video_path)
+    if args.cue_questions:
+        train = train.map(
+            with_time_cue,
+            with_indices=True,
+            fn_kwargs={"fraction": args.cue_questions, "seed": args.seed, "num_frames": args.num_frames},
+        )
     if args.long_videos:
         from datasets import concatenate_datasets
 

@@ -31,6 +31,7 @@ from transformers import AutoModelForImageTextToText
 
 from peft_hyper.cli import load_model
 from peft_hyper.routing import NO_TIME, router_loss
+from peft_hyper.saving import atomic_directory
 from peft_hyper.testing.long_world import long_questions, long_seed, sample_long_spec
 from peft_hyper.testing.world import clip_seed, questions, sample_spec
 
@@ -89,6 +90,12 @@ def with_router(model, layer: int, dim: int):
     return routed.eval()
 
 
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two base models hold the same weights (a router trained on one reads the other's states alike)."""
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def question_states(tuner, rows, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """The router's inputs for `rows`, padded to one length: states `(N, S, hidden)`, mask `(N, S)`."""
     parts = [
@@ -129,7 +136,7 @@ def train(router, tuner, args: argparse.Namespace, test_states, test_mask, test)
     router.train()
     optimizer = torch.optim.AdamW(router.parameters(), lr=args.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, args.learning_rate, total_steps=args.steps, pct_start=0.05
+        optimizer, args.learning_rate, total_steps=args.steps, pct_start=max(0.05, 2 / args.steps)
     )
     generator = torch.Generator().manual_seed(args.seed)
     for step in range(1, args.steps + 1):
@@ -161,8 +168,8 @@ def main() -> None:
     test = long_rows("test", args.eval_videos * 3, [int(n) for n in args.eval_frames.split(",")], args.seed + 1)
     test_states, test_mask = question_states(tuner, test)
     if donor is not None:
-        if donor.model.name_or_path != tuner.model.name_or_path:
-            raise SystemExit(f"{args.router_from} reads another base ({donor.model.name_or_path})")
+        if not same_weights(donor.model, tuner.model):
+            raise SystemExit(f"{args.router_from} reads another base ({donor.model.name_or_path}): train a router")
         router.load_state_dict(donor.router.state_dict())
         args.steps = 0
         scores = held_out(router.eval(), test_states, test_mask, test, args.segment_frames)
@@ -170,18 +177,18 @@ def main() -> None:
         scores = train(router, tuner, args, test_states, test_mask, test)
     print(", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
-    output = Path(args.output)
-    if output.exists():
-        shutil.rmtree(output)
-    shutil.copytree(args.model, output)  # the base, processor and card stay the checkpoint's
-    with tempfile.TemporaryDirectory() as staging:
-        model.save_pretrained(staging, selected_adapters=["default"])
-        shutil.copy(Path(staging) / "adapter_model.safetensors", output / "adapter_model.safetensors")
-        saved = json.loads((output / "adapter_config.json").read_text())
-        saved.update(router_layer=args.router_layer, router_dim=args.router_dim)
-        (output / "adapter_config.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
     summary = {"steps": args.steps, "minutes": (time.perf_counter() - start) / 60, **scores}
-    (output / "router_training.json").write_text(json.dumps(summary, indent=2))
+    # One swap at the end, so that --output may be --model itself (e.g. the shipped checkpoint).
+    with atomic_directory(args.output) as staging:
+        shutil.copytree(args.model, staging, dirs_exist_ok=True)  # the base, processor and card stay the checkpoint's
+        with tempfile.TemporaryDirectory() as weights:
+            model.save_pretrained(weights, selected_adapters=["default"])
+            shutil.copy(Path(weights) / "adapter_model.safetensors", staging / "adapter_model.safetensors")
+        saved = json.loads((staging / "adapter_config.json").read_text())
+        saved.update(router_layer=args.router_layer, router_dim=args.router_dim)
+        (staging / "adapter_config.json").write_text(json.dumps(saved, indent=2, sort_keys=True))
+        (staging / "router_training.json").write_text(json.dumps(summary, indent=2))
+    output = args.output
     print(f"saved {output}; {summary['minutes']:.1f} min")
 
 

@@ -657,7 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--segment-frames",
         type=_count,
         default=None,
-        help="also evaluate `composed`: each video internalized in segments of N frames, their adapters composed",
+        help="also evaluate `composed`: each video internalized in segments of N frames, their adapters composed "
+        "(and `routed` for a checkpoint with a segment router: each question answered by the segment it names)",
     )
     evaluate.add_argument(
         "--max-rank", type=_count, default=None, help="cap the rank of composed adapters (needs --segment-frames)"

@@ -7,6 +7,8 @@ weights) and turns videos into PEFT LoRA adapters for its own base model, which 
 Data flow (one module per stage): video → frames (`video.py`) → processor inputs (`inputs.py`) → per-layer decoder
 states (`hidden_states.py`) → perceiver latents → LoRA factors (`perceiver.py`, `hypernetwork.py`) → PEFT LoRA state
 dict (`lora.py`) → resident in the base model (`generated_adapters.py`) → answers to text-only questions (`answer`).
+Long videos: segments (`split_video`) → one adapter each → composed in rank space (`composition.py`), and questions
+routed to the segment they name (`routing.py`, `route`).
 
 Threads: one model may be shared by several threads. Every call that reads or changes the model's shared state (the
 layer hooks of a hypernetwork forward, the resident adapters and which are active, a generation) holds the model's
@@ -810,13 +812,8 @@ class HyperLoraModel(BaseTuner):
         """`(Q, K + 1)`: the router's probability that each question is about each of `K` segments starting at
         `segment_starts` `(K,)` seconds of a video whose sampled frames are at `frame_times` `(T,)` seconds, then that
         it names no time (`SegmentRouter.segment_probabilities`)."""
-        router = self.router
-        if router is None:
-            raise UsageError(
-                "This hypernetwork has no segment router (HyperLoraConfig.router_layer is None): train one with "
-                "examples/long_video/train_router.py, or answer with the composed adapter."
-            )
         states, mask = self.question_states(questions)
+        router = self.router
         with torch.no_grad():
             return router.segment_probabilities(
                 router(states, mask), torch.as_tensor(frame_times).to(states.device), torch.as_tensor(segment_starts)
@@ -827,7 +824,10 @@ class HyperLoraModel(BaseTuner):
         base for the questions' text-only prompts (`text_inputs`, right-padded), and their mask `(Q, S)` bool."""
         layer = self.hyper_config.router_layer
         if layer is None:
-            raise UsageError("This hypernetwork has no segment router (HyperLoraConfig.router_layer is None).")
+            raise UsageError(
+                "This hypernetwork has no segment router (HyperLoraConfig.router_layer is None): train one with "
+                "examples/long_video/train_router.py, or answer with the composed adapter."
+            )
         inputs = self.text_inputs(questions, padding_side="right")
         captured: dict[int, torch.Tensor] = {}
         with self.generated_adapters_disabled():

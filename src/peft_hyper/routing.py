@@ -1,12 +1,12 @@
 """Routing a question to the segment of a long video it is about.
 
-A composed adapter is a sum of its segments' ΔW (`composition.py`), and a sum cannot select: the LoRA delta is linear
-in a question's hidden state, and "the scene at 01:40" is not a linear function of the digit tokens' states. So a
-composed adapter answers about *a* segment rather than the one the question names (`docs/long_videos.md`). The
+A composed adapter is a sum of its segments' ΔW (`composition.py`), and a sum has no way to switch segments off: the
+LoRA delta is linear in a question's hidden state, whichever time the question names. Measured, a composed adapter
+answers about *a* segment rather than the one the question names (`docs/long_videos.md`). The
 router makes that selection outside the adapters, as PEFT's X-LoRA does with its classifier over the base's hidden
 states: it reads the frozen base's states of the question — the text-only prompt every question is asked with, one
-prefill, zero visual tokens — and returns, per question, a distribution over the video's seconds and the probability
-that the question names no particular time. The question is then answered with the adapter of the segment that holds
+prefill, zero visual tokens — and returns, per question, a distribution over the times of the video's frames and the
+probability that the question names no particular time. The question is then answered with the adapter of the segment that holds
 the most probability (`HyperLoraModel.route`), or with the whole composition when it names no time.
 
 Data flow (Q questions of S tokens, hidden size H, router width D, F = `num_time_features`):
@@ -46,7 +46,7 @@ class SegmentedVideo:
 
 @dataclass
 class RouterOutput:
-    """`time_query` `(Q, num_time_features)`: scores whole seconds through `SegmentRouter.time_logits`;
+    """`time_query` `(Q, num_time_features)`: scores times through `SegmentRouter.time_logits`;
     `no_time_logits` `(Q,)`: the logit that a question names no particular time."""
 
     time_query: torch.Tensor
@@ -58,7 +58,7 @@ class SegmentRouter(nn.Module):
     time of the video each is about (see the module docstring)."""
 
     num_time_features = 32
-    kernel_size = 5  # "MM:SS" is five tokens in SmolVLM's tokenizers: a window sees a whole time
+    kernel_size = 5  # "MM:SS" is five tokens when digits are spelled one by one: a window sees a whole time
 
     def __init__(self, hidden_size: int, dim: int) -> None:
         super().__init__()
@@ -80,7 +80,7 @@ class SegmentRouter(nn.Module):
         return RouterOutput(time_query=out[:, :-1], no_time_logits=out[:, -1])
 
     def time_logits(self, output: RouterOutput, seconds: torch.Tensor) -> torch.Tensor:
-        """Logits `(Q, T)` of the questions being about each of `seconds` `(T,)`."""
+        """Logits `(Q, T)` of the questions being about each of the times `seconds` `(T,)`."""
         return output.time_query @ second_features(seconds, self.num_time_features).to(output.time_query.dtype).T
 
     def segment_probabilities(
