@@ -26,7 +26,8 @@ and order, long captions) and trains through composition (`HyperLoraTrainer(segm
 included, is cut into segments whose adapters are composed, as `generate_adapter(..., segment_frames=)` does).
 `--cue_questions P` phrases a fraction P of the clips' questions as the long world's time-cued ones ("in the scene at
 00:07, what colour is the circle?", the time uniform over the clip's frames), so that a segment's adapter answers the
-question a segment router sends it as well as the plain one (`docs/long_videos.md`, routing).
+question a segment router sends it as well as the plain one (`docs/long_videos.md`, routing); `--cue_seconds S`
+draws the time over `[0, S)` instead, as a segment deep into a long video is asked (its cue names its own time).
 `--video_dir` keeps the clips elsewhere than `<workdir>/train_videos` and reuses the ones already there (the same
 seed writes the same clips), so that several runs can share them; `--max_minutes` stops training after that many
 minutes of it (the learning-rate schedule still follows `--max_steps`), for runs compared on the same time budget.
@@ -69,13 +70,14 @@ def parse_task_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def with_time_cue(row: dict, index: int, fraction: float, seed: int, num_frames: int) -> dict:
+def with_time_cue(row: dict, index: int, fraction: float, seed: int, num_frames: int, cue_seconds: int | None) -> dict:
     """With probability `fraction` (seeded by the row), the row's clip question asked about the scene at a time
-    inside the clip (1 fps: frame `k` at `k` s), as the long world asks about one of its scenes."""
+    inside the clip (1 fps: frame `k` at `k` s; or anywhere in `[0, cue_seconds)`), as the long world asks about one
+    of its scenes."""
     rng = random.Random(f"{seed}|cue|{index}")
     if row["task_type"] not in QA_KINDS or rng.random() >= fraction:
         return {}
-    time = timestamp(rng.randrange(num_frames))
+    time = timestamp(rng.randrange(cue_seconds or num_frames))
     if row["task_type"] == "count":
         return {"prompt": T_CUE_COUNT.format(time=time)}
     return {"prompt": T_CUE.format(time=time) + row["prompt"]}
@@ -121,6 +123,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--cue_questions", type=float, default=0.0, help="fraction of clip questions phrased with a time cue"
     )
+    parser.add_argument("--cue_seconds", type=int, help="draw cue times over [0, S) s instead of the clip's frames")
     parser.add_argument("--size", type=int, default=64, help="rendered frame size (px)")
     parser.add_argument("--max_steps", type=int, default=5000)
     parser.add_argument("--max_minutes", type=float, help="stop training after this many minutes of it")
@@ -232,7 +235,12 @@ def main() -> None:
         train = train.map(
             with_time_cue,
             with_indices=True,
-            fn_kwargs={"fraction": args.cue_questions, "seed": args.seed, "num_frames": args.num_frames},
+            fn_kwargs={
+                "fraction": args.cue_questions,
+                "seed": args.seed,
+                "num_frames": args.num_frames,
+                "cue_seconds": args.cue_seconds,
+            },
         )
     if args.long_videos:
         from datasets import concatenate_datasets

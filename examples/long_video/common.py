@@ -51,10 +51,20 @@ def new_hits(conditions: Sequence[str]) -> Hits:
     return {name: defaultdict(list) for name in conditions}
 
 
-def score(hits: Hits, condition: str, questions: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> None:
-    """Record exact match (case-insensitive, stripped) of each answer under `condition`, by question kind."""
+def score(
+    hits: Hits,
+    condition: str,
+    questions: Sequence[Mapping[str, Any]],
+    answers: Sequence[str],
+    by_id: dict[str, bool] | None = None,
+) -> None:
+    """Record exact match (case-insensitive, stripped) of each answer under `condition`, by question kind (and in
+    `by_id`, question id → hit, for paired comparisons with another report)."""
     for question, answer in zip(questions, answers, strict=True):
-        hits[condition][question["task_type"]].append(answer.strip().lower() == question["target"].lower())
+        hit = answer.strip().lower() == question["target"].lower()
+        hits[condition][question["task_type"]].append(hit)
+        if by_id is not None:
+            by_id[question["id"]] = hit
 
 
 def summarise(hits: Hits, args: argparse.Namespace, **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,10 @@ detector would give; `split_video(video, [lengths])`), and every single-scene qu
 - `cued_scene_plain`: the cued scene's segment alone, asked the plain clip-world question without the time cue;
 - with a checkpoint that has a segment router (`peft_hyper.routing`): `routed_fixed` / `routed_scenes`, each question
   answered with the fixed / scene segment the router picks (the composition when it says the question names no
-  time), and `router_scene_accuracy`, how often the scene it picks is the cued one.
+  time), and `router_scene_accuracy`, how often the scene it picks is the cued one; `routed_scenes_by_id` keeps each
+  question's hit under `routed_scenes` (id → hit), and `--scene-alone REPORT_DIR` (a `frames2lora eval` report on
+  the set's `scenes` dataset) compares them, paired by question, with the scene alone's adapter answers
+  (`paired_comparison`, margin 0.05: the issue's "within 0.05 of the scene alone").
 
 `scenes` vs `cued_scene` is the cost of composing the cued scene with all the others (retrieval and interference),
 with the segmentation held fixed; `fixed` vs `scenes` is the cost of segments that straddle scenes. Cross-scene
@@ -26,9 +29,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import json  # noqa: E402
+
 import common  # noqa: E402
 import torch  # noqa: E402
 
+from peft_hyper.evaluation.statistics import paired_comparison  # noqa: E402
 from peft_hyper.routing import choose_segments  # noqa: E402
 from peft_hyper.testing.long_world import LongVideoSpec  # noqa: E402
 
@@ -36,12 +42,33 @@ CONDITIONS = ("fixed", "scenes", "cued_scene", "cued_scene_plain")
 ROUTED = ("routed_fixed", "routed_scenes")
 
 
+def versus_scene_alone(routed: dict[str, bool], report_dir: str) -> dict:
+    """`routed_scenes` vs the scene alone's `adapter` answers of a `frames2lora eval` report, paired by question id."""
+    report = json.loads((Path(report_dir) / "results.json").read_text())
+    key = next(key for key in report["predictions"] if key.startswith("adapter@"))
+    alone = {
+        row["id"]: row["prediction"].strip().lower() == row["references"][0].strip().lower()
+        for row in report["predictions"][key]
+    }
+    ids = [i for i in routed if i in alone]
+    result = paired_comparison([float(routed[i]) for i in ids], [float(alone[i]) for i in ids], margin=0.05)
+    print(
+        f"routed_scenes {result.mean_candidate:.3f} vs scene alone {result.mean_baseline:.3f} on {len(ids)} questions:"
+    )
+    low, high = result.ci_t
+    print(f"  Δ {result.mean_delta:+.3f} [{low:+.3f}, {high:+.3f}], non-inferior at 0.05: {result.non_inferior}")
+    return {"n": len(ids), **result.to_dict()}
+
+
 def main() -> None:
-    args = common.parser(__doc__, videos=10).parse_args()
+    parser = common.parser(__doc__, videos=10)
+    parser.add_argument("--scene-alone", help="a frames2lora eval report dir on the scenes set, to pair with")
+    args = parser.parse_args()
     tuner = common.load_tuner(args)
     routing = tuner.router is not None
     hits = common.new_hits(CONDITIONS + (ROUTED if routing else ()))
     picked_cued: list[bool] = []
+    routed_by_id: dict[str, bool] = {}
 
     def answer(adapter: dict, prompts: list[str]) -> list[str]:
         tuner.load_generated_adapter(adapter, "scene_segments")
@@ -66,14 +93,19 @@ def main() -> None:
                 choices = choose_segments(tuner.segment_probabilities(prompts, times, segment_starts))
                 for question, choice in zip(questions, choices, strict=True):
                     adapter = composed if choice is None else parts[choice]
-                    common.score(hits, name, [question], answer(adapter, [question["prompt"]]))
+                    by_id = routed_by_id if name == "routed_scenes" else None
+                    common.score(hits, name, [question], answer(adapter, [question["prompt"]]), by_id)
                     if name == "routed_scenes" and question["scene_index"] is not None:
                         picked_cued.append(choice == question["scene_index"])
         for question in (q for q in questions if q["scene_index"] is not None):
             alone = scenes[question["scene_index"]]
             common.score(hits, "cued_scene", [question], answer(alone, [question["prompt"]]))
             common.score(hits, "cued_scene_plain", [question], answer(alone, [question["scene_prompt"]]))
-    extra = {"router_scene_accuracy": sum(picked_cued) / len(picked_cued)} if picked_cued else {}
+    extra = {}
+    if picked_cued:
+        extra = {"router_scene_accuracy": sum(picked_cued) / len(picked_cued), "routed_scenes_by_id": routed_by_id}
+        if args.scene_alone:
+            extra["routed_scenes_vs_scene_alone"] = versus_scene_alone(routed_by_id, args.scene_alone)
     common.summarise(hits, args, **extra)
 
 

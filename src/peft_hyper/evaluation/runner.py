@@ -748,7 +748,7 @@ class _SegmentAdapters:
         choices: list[int | None] = [None] * len(prompts)
         for source in dict.fromkeys(sources):
             rows = [i for i, s in enumerate(sources) if s == source]
-            self._parts(source)
+            self._parts(source)  # the video's segments are generated, and its frame times kept, on first use
             frame_times = self._frame_times[source]
             starts = frame_times[:: self.segment_frames]
             probabilities = self.tuner.segment_probabilities([prompts[i] for i in rows], frame_times, starts)
