@@ -53,7 +53,7 @@ from transformers import AutoProcessor, SmolVLMForConditionalGeneration, Trainer
 
 import peft_hyper
 from peft_hyper.config import PACKAGE_PATH_PREFIX
-from peft_hyper.testing.long_world import LONG_QA_KINDS, T_CUE, T_CUE_COUNT, make_long_dataset, timestamp
+from peft_hyper.testing.long_world import LONG_QA_KINDS, cued_question, make_long_dataset
 from peft_hyper.testing.world import CAPTION_PROMPT, QA_KINDS, ClipSpec, make_dataset, write_clip
 
 KINDS = (*QA_KINDS, *LONG_QA_KINDS, "caption")
@@ -77,10 +77,7 @@ def with_time_cue(row: dict, index: int, fraction: float, seed: int, num_frames:
     rng = random.Random(f"{seed}|cue|{index}")
     if row["task_type"] not in QA_KINDS or rng.random() >= fraction:
         return {}
-    time = timestamp(rng.randrange(cue_seconds or num_frames))
-    if row["task_type"] == "count":
-        return {"prompt": T_CUE_COUNT.format(time=time)}
-    return {"prompt": T_CUE.format(time=time) + row["prompt"]}
+    return {"prompt": cued_question(row["task_type"], row["prompt"], rng.randrange(cue_seconds or num_frames))}
 
 
 class StopAfterMinutes(TrainerCallback):

@@ -51,6 +51,11 @@ def new_hits(conditions: Sequence[str]) -> Hits:
     return {name: defaultdict(list) for name in conditions}
 
 
+def exact_match(answer: str, target: str) -> bool:
+    """The experiments' scoring rule: the answer equals the target, case-insensitive, surrounding spaces ignored."""
+    return answer.strip().lower() == target.strip().lower()
+
+
 def score(
     hits: Hits,
     condition: str,
@@ -61,7 +66,7 @@ def score(
     """Record exact match (case-insensitive, stripped) of each answer under `condition`, by question kind (and in
     `by_id`, question id → hit, for paired comparisons with another report)."""
     for question, answer in zip(questions, answers, strict=True):
-        hit = answer.strip().lower() == question["target"].lower()
+        hit = exact_match(answer, question["target"])
         hits[condition][question["task_type"]].append(hit)
         if by_id is not None:
             by_id[question["id"]] = hit

@@ -47,8 +47,7 @@ def versus_scene_alone(routed: dict[str, bool], report_dir: str) -> dict:
     report = json.loads((Path(report_dir) / "results.json").read_text())
     key = next(key for key in report["predictions"] if key.startswith("adapter@"))
     alone = {
-        row["id"]: row["prediction"].strip().lower() == row["references"][0].strip().lower()
-        for row in report["predictions"][key]
+        row["id"]: common.exact_match(row["prediction"], row["references"][0]) for row in report["predictions"][key]
     }
     ids = [i for i in routed if i in alone]
     result = paired_comparison([float(routed[i]) for i in ids], [float(alone[i]) for i in ids], margin=0.05)

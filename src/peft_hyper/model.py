@@ -659,10 +659,7 @@ class HyperLoraModel(BaseTuner):
         Returns one state dict per segment, in order, each of rank `r + bias_rank` (the last `bias_rank` ranks, the
         bias block, identical in all of them), float32 on the model's device.
         """
-        parts = self._segment_adapters(self._segments(video, segment_frames, num_frames, fps), segment_batch_size)
-        for part in parts:
-            check_finite(part, "generated segment adapter")
-        return parts
+        return self._segment_adapters(self._segments(video, segment_frames, num_frames, fps), segment_batch_size)
 
     def _segments(
         self, video: VideoInput, segment_frames: int | Sequence[int], num_frames: int | None, fps: float | None
@@ -694,8 +691,12 @@ class HyperLoraModel(BaseTuner):
         return composition.result(max_rank)
 
     def _segment_adapters(self, segments: list[VideoReader], batch_size: int) -> list[dict[str, torch.Tensor]]:
-        """The adapters of `segments`, in order, `batch_size` segments per VLM and hypernetwork forward."""
-        return [part for batch in self._segment_batches(segments, batch_size) for part in self._batch_adapters(batch)]
+        """The adapters of `segments`, in order, `batch_size` segments per VLM and hypernetwork forward, each checked
+        finite."""
+        parts = [part for batch in self._segment_batches(segments, batch_size) for part in self._batch_adapters(batch)]
+        for part in parts:
+            check_finite(part, "generated segment adapter")
+        return parts
 
     @staticmethod
     def _segment_batches(segments: list[VideoReader], batch_size: int) -> list[list[VideoReader]]:
@@ -778,8 +779,6 @@ class HyperLoraModel(BaseTuner):
         self._check_adapter_name(adapter_name)
         segments = self._segments(video, segment_frames, num_frames, fps)
         parts = self._segment_adapters(segments, segment_batch_size)
-        for part in parts:
-            check_finite(part, "generated segment adapter")
         names = [f"{adapter_name}-segment{k}" for k in range(len(parts))]
         if adapter_name in self._segmented:
             self.delete_adapter(adapter_name)

@@ -333,6 +333,16 @@ def _scenes_showing(spec: LongVideoSpec, attributes: dict[str, str]) -> tuple[in
     )
 
 
+def cued_question(kind: str, question: str, seconds: float | None) -> str:
+    """A clip-world question of `kind` asked about the scene at `seconds` ("in the scene at 01:40, what colour is the
+    triangle?"; the count question becomes "how many objects appear in the scene at 01:40?"). `seconds=None` gives
+    the template, with `{time}` left in."""
+    time = "{time}" if seconds is None else timestamp(seconds)
+    if kind == "count":
+        return T_CUE_COUNT.format(time=time)
+    return T_CUE.format(time=time) + question
+
+
 def _scene_questions(spec: LongVideoSpec, count: int, rng: np.random.Generator) -> list[LongQA]:
     """``count`` single-scene questions (fewer if the video has fewer), the kinds taken in turn (a shuffled cycle of
     the clip world's kinds) so that rarer kinds (temporal, count) are not crowded out, the scene uniform among those
@@ -356,10 +366,7 @@ def _scene_questions(spec: LongVideoSpec, count: int, rng: np.random.Generator) 
         if not pools[kind][index]:
             del pools[kind][index]
         cue = starts[index] + int(rng.integers(spec.scenes[index].num_frames))
-        if kind == "count":
-            question, template = T_CUE_COUNT.format(time=timestamp(cue)), T_CUE_COUNT
-        else:
-            question, template = T_CUE.format(time=timestamp(cue)) + qa.question, T_CUE + qa.template
+        question, template = cued_question(kind, qa.question, cue), cued_question(kind, qa.template, None)
         picked.append(
             LongQA(
                 question=question,
